@@ -1,0 +1,119 @@
+"""The one error tree of v2server.
+
+Code anywhere raises these; each transport translates them exactly once (the gRPC servicer wrapper and the
+REST gateway's ``write_error``). Each class carries its gRPC status code, and :func:`http_status` derives the
+HTTP status from it with Triton's mapping, so REST and gRPC always agree on what an error is::
+
+    V2Error                      INTERNAL           500
+    ├── InvalidRequest           INVALID_ARGUMENT   400
+    ├── ModelNotFound            NOT_FOUND          404
+    ├── ModelNotReady            UNAVAILABLE        503
+    ├── ServerNotReady           UNAVAILABLE        503
+    ├── QueueFull                UNAVAILABLE        503
+    ├── DeadlineExceeded         DEADLINE_EXCEEDED  504
+    ├── Unauthenticated          UNAUTHENTICATED    401
+    ├── Unsupported              UNIMPLEMENTED      501
+    ├── AlreadyExists            ALREADY_EXISTS     400
+    ├── InferenceFailed          INTERNAL           500
+    └── ModelLoadError           INTERNAL           500  (a model that could not be loaded)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+__all__ = [
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "InferenceFailed",
+    "InvalidRequest",
+    "ModelLoadError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "QueueFull",
+    "ServerNotReady",
+    "Unauthenticated",
+    "Unsupported",
+    "V2Error",
+    "http_status",
+]
+
+
+class V2Error(Exception):
+    """Base of every error a client may see; the message names what is wrong."""
+
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(V2Error):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(V2Error):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelNotReady(V2Error):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class ServerNotReady(V2Error):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(V2Error):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(V2Error):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(V2Error):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unsupported(V2Error):
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class AlreadyExists(V2Error):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class InferenceFailed(V2Error):
+    """The model itself raised; the message is the model's."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+class ModelLoadError(V2Error):
+    """A model version could not be loaded (bad config, missing file, load failure)."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+
+
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.CANCELLED: 400,
+    grpc.StatusCode.UNKNOWN: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """HTTP status for a gRPC status code, following Triton's ``http_server.cc`` where clients depend on it."""
+    return _HTTP_STATUS.get(code, 500)
