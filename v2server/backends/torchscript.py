@@ -1,0 +1,272 @@
+"""TorchScript models: loading onto a device, Triton's I/O naming rules, and execution.
+
+Inputs bind to ``forward`` arguments as Triton's PyTorch backend binds them: by argument name when every
+input is named like an argument, else by the ``<name>__<index>`` suffix, else by config order; a single
+``Dict[str, Tensor]`` argument receives all inputs by name. Outputs map from a tensor, a tuple or list
+(``OUTPUT__<index>`` or config order), a ``Dict[str, Tensor]`` (by key), a ``List[str]`` (BYTES) or a scalar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from v2server.errors import InferenceFailed, InvalidRequest, ModelLoadError
+from v2server.signature import Signature, TensorSpec
+from v2server.tensors import Tensor
+
+__all__ = ["TorchScriptInstance", "load_instance"]
+
+# Request bytes reach the model without a copy; models must not write into their inputs.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+_INDEXED_NAME = re.compile(r".*__(\d+)$")
+
+
+class _ArgKind(Enum):
+    TENSOR = "Tensor"
+    STRINGS = "List[str]"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    TENSOR_DICT = "Dict[str, Tensor]"
+    OTHER = "other"
+
+
+def _arg_kind(type_: Any) -> _ArgKind:
+    text = str(type_)
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional[") : -1]
+    return {
+        "Tensor": _ArgKind.TENSOR,
+        "List[str]": _ArgKind.STRINGS,
+        "int": _ArgKind.INT,
+        "float": _ArgKind.FLOAT,
+        "bool": _ArgKind.BOOL,
+        "Dict[str, Tensor]": _ArgKind.TENSOR_DICT,
+    }.get(text, _ArgKind.OTHER)
+
+
+@dataclass(frozen=True, slots=True)
+class _Argument:
+    name: str
+    kind: _ArgKind
+    type_text: str
+    optional: bool
+
+
+class _Binding:
+    """How config inputs become ``forward`` arguments and results become config outputs (computed once)."""
+
+    def __init__(self, signature: Signature, arguments: Sequence[_Argument]) -> None:
+        self.signature = signature
+        self.arguments = list(arguments)
+        inputs = list(signature.inputs)
+        names = [a.name for a in self.arguments]
+        self.dict_argument = len(self.arguments) == 1 and self.arguments[0].kind is _ArgKind.TENSOR_DICT
+        if self.dict_argument:
+            self.slots: dict[str, int] = {}
+        elif all(name in names for name in inputs):
+            self.slots = {name: names.index(name) for name in inputs}
+        elif all(_INDEXED_NAME.match(name) for name in inputs):
+            self.slots = {name: int(_INDEXED_NAME.match(name).group(1)) for name in inputs}  # type: ignore[union-attr]
+        else:
+            self.slots = {name: position for position, name in enumerate(inputs)}
+        for name, slot in self.slots.items():
+            if slot >= len(self.arguments):
+                raise ModelLoadError(
+                    f"model '{signature.model_name}': input '{name}' binds to argument {slot} of forward, "
+                    f"which takes {len(self.arguments)}"
+                )
+        bound = set(self.slots.values())
+        for position, argument in enumerate(self.arguments):
+            if not self.dict_argument and position not in bound and not argument.optional:
+                raise ModelLoadError(
+                    f"model '{signature.model_name}': forward argument '{argument.name}' has no input in the config"
+                )
+        outputs = list(signature.outputs)
+        if all(_INDEXED_NAME.match(name) for name in outputs):
+            self.output_index = {name: int(_INDEXED_NAME.match(name).group(1)) for name in outputs}  # type: ignore[union-attr]
+        else:
+            self.output_index = {name: position for position, name in enumerate(outputs)}
+
+    def call_arguments(self, inputs: Sequence[Tensor], batch_size: int, device: torch.device) -> list[Any]:
+        """``forward``'s positional arguments for one request."""
+        if self.dict_argument:
+            return [{t.name: _to_torch(t, self.signature.inputs[t.name], batch_size, device) for t in inputs}]
+        values: list[Any] = [None] * len(self.arguments)
+        for tensor in inputs:
+            slot = self.slots[tensor.name]
+            values[slot] = _convert_argument(
+                self.arguments[slot], tensor, self.signature.inputs[tensor.name], batch_size, device,
+                self.signature.model_name,
+            )
+        return values
+
+    def outputs(self, result: Any, wanted: Sequence[str], batch_size: int) -> list[Tensor]:
+        """The ``wanted`` outputs of ``forward``'s result, as arrays shaped as the config says."""
+        model = self.signature.model_name
+        if isinstance(result, dict):
+            values = result
+        elif isinstance(result, tuple) or (isinstance(result, list) and result and not isinstance(result[0], str)):
+            values = {name: result[i] for name, i in self.output_index.items() if i < len(result)}
+        else:
+            values = {name: result for name, i in self.output_index.items() if i == 0}
+        tensors = []
+        for name in wanted:
+            if name not in values:
+                raise InferenceFailed(f"model '{model}' returned no value for output '{name}'")
+            spec = self.signature.outputs[name]
+            tensors.append(_from_result(values[name], spec, batch_size, self.signature.max_batch_size, model))
+        return tensors
+
+
+def _convert_argument(
+    argument: _Argument, tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.device, model: str
+) -> Any:
+    kind = argument.kind
+    if kind is _ArgKind.TENSOR:
+        return _to_torch(tensor, spec, batch_size, device)
+    if kind is _ArgKind.STRINGS:
+        try:
+            return [item.decode("utf-8") for item in tensor.array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"input '{tensor.name}': an element is not valid UTF-8, which TorchScript List[str] needs"
+            ) from None
+    if kind in (_ArgKind.INT, _ArgKind.FLOAT, _ArgKind.BOOL):
+        if tensor.array.size != 1:
+            raise InvalidRequest(
+                f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
+                f"so the tensor must hold exactly one element, not {tensor.array.size}"
+            )
+        return {_ArgKind.INT: int, _ArgKind.FLOAT: float, _ArgKind.BOOL: bool}[kind](tensor.array.reshape(-1)[0])
+    raise InvalidRequest(
+        f"model '{model}': forward argument '{argument.name}' is {argument.type_text}, which no V2 tensor can carry"
+    )
+
+
+def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.device) -> torch.Tensor:
+    array = tensor.array
+    if spec.reshape is not None:
+        array = array.reshape(((batch_size,) if batch_size else ()) + spec.reshape)
+    if tensor.datatype.name == "BYTES":
+        raise InvalidRequest(f"input '{tensor.name}': BYTES cannot become a Tensor argument; use List[str]")
+    value = torch.from_numpy(array)
+    if tensor.datatype.name == "BF16":
+        value = value.view(torch.bfloat16)
+    if device.type != "cpu":
+        value = value.to(device, non_blocking=True)
+    return value
+
+
+def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: int, model: str) -> Tensor:
+    dt = spec.datatype
+    prefix = (batch_size,) if max_batch_size > 0 else ()
+    if isinstance(value, torch.Tensor):
+        if dt.torch is not None and value.dtype != dt.torch:
+            raise InferenceFailed(
+                f"model '{model}' output '{spec.name}' has dtype {value.dtype}, but the config declares {dt.config_type}"
+            )
+        value = value.detach().cpu()
+        if dt.name == "BF16":
+            value = value.view(torch.int16)
+        array = value.numpy().view(dt.numpy) if dt.name == "BF16" else value.numpy()
+        if spec.reshape is not None:
+            array = array.reshape(prefix + spec.dims) if spec.dims.count(-1) <= 1 else array
+        return Tensor(spec.name, dt, array)
+    if isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value):
+        array = np.empty(len(value), dtype=object)
+        array[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in value]
+    elif isinstance(value, (bool, int, float)):
+        array = np.array([value], dtype=dt.numpy)
+    else:
+        raise InferenceFailed(f"model '{model}' output '{spec.name}' is a {type(value).__name__}, not a tensor")
+    shape = prefix + spec.dims
+    if shape.count(-1) <= 1:
+        try:
+            array = array.reshape(shape)
+        except ValueError:
+            raise InferenceFailed(
+                f"model '{model}' output '{spec.name}' has {array.size} elements, which do not fit shape {list(shape)}"
+            ) from None
+    return Tensor(spec.name, dt, array)
+
+
+class TorchScriptInstance:
+    """One loaded copy of a model on one device, with its own worker thread (and CUDA stream)."""
+
+    def __init__(self, module: torch.jit.ScriptModule, device: torch.device, signature: Signature, label: str) -> None:
+        self.device = device
+        self._module = module
+        self._binding = _Binding(signature, _forward_arguments(module))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=label)
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.pending = 0
+
+    async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
+        """Run one request on this instance's thread; the event loop waits without blocking."""
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._run, inputs, outputs, batch_size)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _run(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
+        with torch.inference_mode(), self._on_stream():
+            arguments = self._binding.call_arguments(inputs, batch_size, self.device)
+            try:
+                result = self._module(*arguments)
+            except Exception as exc:  # the model's own failure: reported, never fatal to the server
+                raise InferenceFailed(f"model '{self._binding.signature.model_name}' failed: {_short(exc)}") from exc
+            return self._binding.outputs(result, outputs, batch_size)
+
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        if self._stream is None:
+            yield
+            return
+        with torch.cuda.stream(self._stream):
+            yield
+        self._stream.synchronize()
+
+
+def load_instance(path: Path, device: str, signature: Signature, label: str) -> TorchScriptInstance:
+    """Load ``path`` onto ``device`` (blocking: call it from a worker thread)."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load TorchScript file {path}: {_short(exc)}") from exc
+    module.eval()
+    return TorchScriptInstance(module, torch.device(device), signature, label)
+
+
+def _forward_arguments(module: torch.jit.ScriptModule) -> list[_Argument]:
+    schema = module.forward.schema
+    arguments = [a for a in schema.arguments if a.name != "self"]
+    return [
+        _Argument(a.name, _arg_kind(a.type), str(a.type), str(a.type).startswith("Optional[")) for a in arguments
+    ]
+
+
+def _short(exc: BaseException) -> str:
+    """A TorchScript error's last meaningful line (its full text is a TorchScript traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,111 @@
+"""Command line -> ``Settings``, once; then ``server.run``. Flag names are Triton's."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from v2server.errors import V2Error
+from v2server.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
+
+__all__ = ["main", "parse_settings"]
+
+log = logging.getLogger("v2server")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="v2server",
+        description="Serve TorchScript models over the KServe V2 / Open Inference Protocol (Triton-compatible).",
+    )
+    flag = parser.add_argument
+    flag("--model-repository", "--model-store", dest="model_repositories", action="append", type=Path,
+         default=[], metavar="DIR", help="model repository folder (repeatable)")
+    flag("--server-name", default="v2server", help="name ServerMetadata reports ('triton' to pass for Triton)")
+    flag("--http-address", default="0.0.0.0")
+    flag("--http-port", type=int, default=8000)
+    flag("--grpc-address", default="0.0.0.0")
+    flag("--grpc-port", type=int, default=8001)
+    flag("--metrics-port", type=int, default=8002)
+    for name in ("allow-http", "allow-grpc", "allow-metrics", "strict-readiness", "strict-model-config"):
+        flag(f"--{name}", type=_bool, nargs="?", const=True, default=True, metavar="BOOL")
+    flag("--exit-on-error", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+         help="exit when a model fails to load (default: serve the others)")
+    flag("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
+    flag("--load-model", dest="load_models", action="append", default=[], metavar="NAME",
+         help="with --model-control-mode=explicit: model to load at start (repeatable, '*' for all)")
+    flag("--log-verbose", type=int, default=0, metavar="LEVEL")
+    flag("--grpc-max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES")
+    flag("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
+         help="on SIGTERM, how long in-flight requests get to finish")
+    return parser
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    """Settings from a command line; unknown Triton flags are reported and ignored, not fatal."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    for extra in unknown:
+        if extra.startswith("--"):
+            log.warning("ignoring unsupported flag %s", extra)
+    if not args.model_repositories:
+        parser.error("--model-repository is required")
+    if args.model_control_mode == "poll":
+        parser.error("--model-control-mode=poll is not supported yet; use none or explicit")
+    if args.load_models and args.model_control_mode != "explicit":
+        parser.error("--load-model needs --model-control-mode=explicit")
+    if args.grpc_max_message_size <= 0 or args.grpc_max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
+        parser.error(f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}")
+    return Settings(
+        model_repositories=tuple(args.model_repositories),
+        server_name=args.server_name,
+        http_address=args.http_address,
+        http_port=args.http_port,
+        grpc_address=args.grpc_address,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        allow_http=args.allow_http,
+        allow_grpc=args.allow_grpc,
+        allow_metrics=args.allow_metrics,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_models),
+        strict_model_config=args.strict_model_config,
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        log_verbose=args.log_verbose,
+        grpc_max_message_size=args.grpc_max_message_size,
+        shutdown_grace_seconds=args.exit_timeout_secs,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``v2server`` command."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    if settings.log_verbose > 0:
+        logging.getLogger().setLevel(logging.DEBUG)
+    if not settings.strict_model_config:
+        log.warning("--strict-model-config=false: configs are not auto-completed yet; they must be complete")
+    if settings.allow_http or settings.allow_metrics:
+        log.info("the REST gateway and metrics endpoints are not part of this build yet; serving gRPC only")
+
+    from v2server.server import run  # imported late: torch takes a while, and --help should not wait
+
+    try:
+        run(settings)
+    except V2Error as exc:
+        log.error("%s", exc.message)
+        return 1
+    return 0

@@ -1,0 +1,192 @@
+"""Every operation of ``inference.GRPCInferenceService``, on protobuf messages, transport-free.
+
+Methods carry the RPC names so that this object and a grpc.aio stub are interchangeable: the gRPC servicer
+delegates here in one line per RPC and the REST gateway awaits the same methods (in-process or through a stub).
+Policy (validation, lookup, errors) lives here once; the transports only translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from v2server import __version__
+from v2server._proto import grpc_service_pb2 as pb
+from v2server.errors import Unsupported, V2Error
+from v2server.inference import decode_inputs, encode_response, requested_outputs
+from v2server.registry import ModelState, Registry
+from v2server.repository import PLATFORM
+
+__all__ = ["EXTENSIONS", "DataPlane"]
+
+log = logging.getLogger(__name__)
+
+#: Protocol extensions this server really implements; each issue that lands one adds it here.
+EXTENSIONS: tuple[str, ...] = ("model_configuration", "parameters")
+
+
+def _unimplemented(rpc: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def method(self: Any, request: Any) -> Any:
+        raise Unsupported(f"{rpc} is not implemented by this server yet")
+
+    method.__name__ = rpc
+    return method
+
+
+class DataPlane:
+    """The protocol core: one instance serves every transport."""
+
+    def __init__(self, registry: Registry, server_name: str = "v2server", strict_readiness: bool = True) -> None:
+        self._registry = registry
+        self._server_name = server_name
+        self._strict_readiness = strict_readiness
+        self._accepting = False
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Whether the server has finished starting (and not begun shutting down)."""
+        self._accepting = accepting
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting and (self._registry.all_ready() or not self._strict_readiness)
+
+    # -- health and metadata -------------------------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._registry.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self._server_name, version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        handle = self._registry.get(request.name, request.version)
+        signature = handle.signature
+        return pb.ModelMetadataResponse(
+            name=handle.name,
+            versions=[str(v) for v in self._registry.ready_versions(handle.name)],
+            platform=PLATFORM,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype.name, shape=signature.full_shape(s)
+                )
+                for s in signature.inputs.values()
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=s.name, datatype=s.datatype.name, shape=signature.full_shape(s)
+                )
+                for s in signature.outputs.values()
+            ],
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._registry.get(request.name, request.version).config)
+
+    # -- inference -----------------------------------------------------------------------------------------
+
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        handle = self._registry.get(request.model_name, request.model_version)
+        signature = handle.signature
+        batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
+        outputs = requested_outputs(request, signature)
+        inputs = decode_inputs(request)
+        results = await handle.execute(inputs, outputs, batch_size)
+        return encode_response(request, handle.name, handle.version, results)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest]
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, as each completes; a failure is an ``error_message`` and the stream goes on.
+
+        Requests run concurrently, except that requests of one sequence (``sequence_id``) run in order.
+        """
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        sequences: dict[str, asyncio.Task[None]] = {}
+
+        async def answer(request: pb.ModelInferRequest, after: asyncio.Task[None] | None) -> None:
+            if after is not None:
+                await asyncio.wait([after])
+            responses.put_nowait(await self._stream_response(request))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    sequence = _sequence_key(request)
+                    task = asyncio.create_task(answer(request, sequences.get(sequence) if sequence else None))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    if sequence:
+                        sequences[sequence] = task
+                if tasks:
+                    await asyncio.wait(list(tasks))
+            finally:
+                responses.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _stream_response(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self.ModelInfer(request)
+        except V2Error as exc:
+            return pb.ModelStreamInferResponse(error_message=exc.message)
+        except Exception as exc:
+            log.exception("inference on model '%s' failed", request.model_name)
+            return pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
+        response.parameters["triton_final_response"].bool_param = True
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    # -- repository ----------------------------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        rows = self._registry.index()
+        if request.ready:
+            rows = [row for row in rows if row.state is ModelState.READY]
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=row.name,
+                    version=str(row.version) if row.version else "",
+                    state=row.state.value,
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+        )
+
+    ModelStatistics = _unimplemented("ModelStatistics")
+    RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
+    RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
+    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
+    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
+    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
+    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
+    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
+    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
+    TraceSetting = _unimplemented("TraceSetting")
+    LogSettings = _unimplemented("LogSettings")
+
+
+def _sequence_key(request: pb.ModelInferRequest) -> str:
+    parameter = request.parameters.get("sequence_id")
+    if parameter is None:
+        return ""
+    value = getattr(parameter, parameter.WhichOneof("parameter_choice") or "string_param")
+    return f"{request.model_name}/{value}" if value not in (0, "") else ""
+

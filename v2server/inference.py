@@ -1,0 +1,81 @@
+"""``ModelInferRequest`` -> tensors -> ``ModelInferResponse``: the protobuf side of one inference.
+
+The rules that tritonclient depends on live here: raw contents are indexed over the inputs that use them,
+typed and raw contents never mix, and every output gets exactly one ``raw_output_contents`` entry, in the
+order of ``outputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from v2server._proto import grpc_service_pb2 as pb
+from v2server.errors import InvalidRequest, Unsupported
+from v2server.signature import Signature
+from v2server.tensors import Tensor, from_contents, from_raw, to_raw
+
+__all__ = ["decode_inputs", "encode_response", "requested_outputs"]
+
+_SHM_PARAMETER = "shared_memory_region"
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
+    """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before)."""
+    raw = request.raw_input_contents
+    tensors: list[Tensor] = []
+    used = 0
+    for tensor in request.inputs:
+        if _SHM_PARAMETER in tensor.parameters:
+            raise Unsupported(f"input '{tensor.name}': shared memory inputs are not supported by this server")
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidRequest(
+                    f"input '{tensor.name}': typed contents and raw_input_contents cannot be mixed in one request"
+                )
+            if used >= len(raw):
+                raise InvalidRequest(
+                    f"input '{tensor.name}': raw_input_contents has {len(raw)} entries, fewer than the inputs"
+                )
+            tensors.append(from_raw(tensor.name, tensor.datatype, tensor.shape, raw[used]))
+            used += 1
+        else:
+            tensors.append(from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents))
+    if used != len(raw):
+        raise InvalidRequest(f"raw_input_contents has {len(raw)} entries for {used} inputs")
+    return tensors
+
+
+def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> list[str]:
+    """Names of the outputs to return, in the order asked (all, in config order, when none are asked)."""
+    if not request.outputs:
+        return list(signature.outputs)
+    names: list[str] = []
+    for output in request.outputs:
+        if output.name not in signature.outputs:
+            raise InvalidRequest(
+                f"unknown output '{output.name}' for model '{signature.model_name}', "
+                f"expected one of {list(signature.outputs)}"
+            )
+        if output.name in names:
+            raise InvalidRequest(f"output '{output.name}' is requested more than once")
+        for unsupported in (_SHM_PARAMETER, "classification"):
+            if unsupported in output.parameters:
+                raise Unsupported(f"output '{output.name}': '{unsupported}' is not supported by this server")
+        names.append(output.name)
+    return names
+
+
+def encode_response(
+    request: pb.ModelInferRequest, model_name: str, version: int, outputs: Sequence[Tensor]
+) -> pb.ModelInferResponse:
+    """The response with one raw entry per output, in order."""
+    return pb.ModelInferResponse(
+        model_name=model_name,
+        model_version=str(version),
+        id=request.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype.name, shape=t.shape)
+            for t in outputs
+        ],
+        raw_output_contents=[to_raw(t) for t in outputs],
+    )

@@ -1,0 +1,111 @@
+"""Reading ``config.pbtxt`` into ``ModelConfig``, validating it and filling Triton's defaults.
+
+Errors name the file and the field, because an operator reads them in a log far from the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from v2server._proto import model_config_pb2 as mc
+from v2server.datatypes import from_config_type
+from v2server.errors import ModelLoadError
+
+__all__ = ["CONFIG_FILENAME", "PLATFORM", "BACKEND", "complete_config", "read_config"]
+
+CONFIG_FILENAME = "config.pbtxt"
+PLATFORM = "pytorch_libtorch"
+BACKEND = "pytorch"
+DEFAULT_MODEL_FILENAME = "model.pt"
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """Parse ``<model_dir>/config.pbtxt``, validate it and fill defaults."""
+    path = model_dir / CONFIG_FILENAME
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read model configuration: {exc.strerror}") from None
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return complete_config(config, model_dir.name, path)
+
+
+def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str) -> mc.ModelConfig:
+    """Validate ``config`` for ``model_name`` and fill the defaults Triton reports back in ``ModelConfig``."""
+
+    def fail(message: str) -> ModelLoadError:
+        return ModelLoadError(f"{source}: {message}")
+
+    if config.name and config.name != model_name:
+        raise fail(f"name '{config.name}' does not match the model directory '{model_name}'")
+    config.name = model_name
+    if config.platform not in ("", PLATFORM) or config.backend not in ("", BACKEND):
+        raise fail(
+            f"platform '{config.platform}' / backend '{config.backend}' is not served here; "
+            f"use platform \"{PLATFORM}\" or backend \"{BACKEND}\""
+        )
+    config.platform, config.backend = PLATFORM, BACKEND
+    if not config.default_model_filename:
+        config.default_model_filename = DEFAULT_MODEL_FILENAME
+    if config.max_batch_size < 0:
+        raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    if not config.input:
+        raise fail("at least one input is required (the PyTorch backend cannot derive them)")
+    if not config.output:
+        raise fail("at least one output is required (the PyTorch backend cannot derive them)")
+    _check_tensors("input", config.input, fail)
+    _check_tensors("output", config.output, fail)
+    if config.HasField("dynamic_batching") and config.max_batch_size == 0:
+        raise fail("dynamic_batching needs max_batch_size > 0")
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    elif config.version_policy.HasField("latest") and config.version_policy.latest.num_versions < 1:
+        raise fail("version_policy.latest.num_versions must be >= 1")
+    if not config.instance_group:
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=1)
+    for index, group in enumerate(config.instance_group):
+        if not group.name:
+            group.name = f"{model_name}_{index}"
+        if group.count == 0:
+            group.count = 1
+        if group.count < 0:
+            raise fail(f"instance_group[{index}].count must be >= 1, got {group.count}")
+        if group.gpus and group.kind not in (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO):
+            raise fail(f"instance_group[{index}] lists gpus but its kind is not KIND_GPU")
+    return config
+
+
+def _check_tensors(
+    kind: str,
+    tensors: Iterable[mc.ModelInput | mc.ModelOutput],
+    fail: Callable[[str], ModelLoadError],
+) -> None:
+    seen: set[str] = set()
+    for index, tensor in enumerate(tensors):
+        if not tensor.name:
+            raise fail(f"{kind}[{index}]: name is required")
+        where = f"{kind} '{tensor.name}'"
+        if tensor.name in seen:
+            raise fail(f"{where}: the name is used twice")
+        seen.add(tensor.name)
+        try:
+            from_config_type(mc.DataType.Name(tensor.data_type))
+        except ValueError:
+            raise fail(f"{where}: data_type must be set to a TYPE_* value") from None
+        dims = list(tensor.dims)
+        if not dims and not tensor.HasField("reshape"):
+            raise fail(f"{where}: dims must not be empty (use reshape: {{ shape: [ ] }} for a scalar)")
+        if any(dim < -1 or dim == 0 for dim in dims):
+            raise fail(f"{where}: dims {dims} may only hold positive sizes or -1")
+        if tensor.HasField("reshape"):
+            shape = list(tensor.reshape.shape)
+            if -1 not in dims and -1 not in shape and math.prod(dims) != math.prod(shape):
+                raise fail(f"{where}: reshape {shape} does not hold the {math.prod(dims)} elements of dims {dims}")

@@ -1,0 +1,95 @@
+"""The composition root: builds the registry and data plane, starts the transports, drains on shutdown.
+
+This is the only module that knows every transport. Listening starts before models load, so liveness
+answers at once while readiness waits for the models (what Kubernetes probes expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health
+
+from v2server.dataplane import DataPlane
+from v2server.errors import ModelLoadError
+from v2server.grpc_api import create_grpc_server, set_serving
+from v2server.registry import Registry
+from v2server.settings import Settings
+
+__all__ = ["V2Server", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class V2Server:
+    """A running server; ``start`` binds and loads, ``stop`` drains and closes."""
+
+    settings: Settings
+    registry: Registry = field(init=False)
+    core: DataPlane = field(init=False)
+    grpc_port: int | None = field(init=False, default=None)
+    _grpc: grpc.aio.Server | None = field(init=False, default=None)
+    _health: health.aio.HealthServicer | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.registry = Registry(self.settings.model_repositories)
+        self.core = DataPlane(self.registry, self.settings.server_name, self.settings.strict_readiness)
+
+    async def start(self) -> None:
+        """Listen, load the models, then report ready."""
+        settings = self.settings
+        if settings.allow_grpc:
+            self._grpc, self.grpc_port, self._health = create_grpc_server(
+                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size
+            )
+            await set_serving(self._health, False)
+            await self._grpc.start()
+            log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
+        names = None if settings.model_control_mode == "none" else self._startup_models()
+        failures = await self.registry.load_all(names)
+        if failures and settings.exit_on_error:
+            reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
+            await self.stop(grace=0)
+            raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
+        self.core.set_accepting(True)
+        if self._health is not None:
+            await set_serving(self._health, self.core.ready)
+        log.info("server ready: %s", self.core.ready)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace`` seconds, then release models."""
+        self.core.set_accepting(False)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        await asyncio.to_thread(self.registry.close)
+
+    def _startup_models(self) -> list[str]:
+        """Explicit mode: ``--load-model`` names ('*' is every model on disk)."""
+        if "*" in self.settings.load_models:
+            return [row.name for row in self.registry.index()]
+        return list(dict.fromkeys(self.settings.load_models))
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then drain."""
+    server = V2Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %.0f s)", settings.shutdown_grace_seconds)
+    await server.stop()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))

@@ -1,0 +1,39 @@
+"""Every knob of the server, typed and frozen, with its default; ``cli.py`` fills it once from argv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "ControlMode", "Settings"]
+
+ControlMode = Literal["none", "poll", "explicit"]
+
+#: Triton lets gRPC messages grow to 2 GiB - 1 both ways; grpcio's 4 MiB default breaks real clients.
+DEFAULT_MAX_MESSAGE_SIZE = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Server settings; field names follow Triton's flags (``--http-port`` is ``http_port``)."""
+
+    model_repositories: tuple[Path, ...] = ()
+    server_name: str = "v2server"
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    allow_http: bool = True
+    allow_grpc: bool = True
+    allow_metrics: bool = True
+    model_control_mode: ControlMode = "none"
+    load_models: tuple[str, ...] = ()
+    strict_model_config: bool = True
+    strict_readiness: bool = True
+    exit_on_error: bool = False
+    log_verbose: int = 0
+    grpc_max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: seconds in-flight requests get to finish on SIGTERM before the server stops anyway
+    shutdown_grace_seconds: float = 30.0
