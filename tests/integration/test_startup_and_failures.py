@@ -1,0 +1,122 @@
+"""Models that fail to load, readiness, control modes, and the real command line in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.conftest import BUNDLED_REPOSITORY, ROOT, RunningServer, loopback_settings
+from v2server.errors import ModelLoadError
+from v2server.server import V2Server
+
+
+@pytest.fixture(scope="module")
+def broken_server(broken_repository: Path) -> RunningServer:
+    running = RunningServer(loopback_settings(broken_repository))
+    yield running
+    running.stop()
+
+
+def test_failed_models_are_reported_and_the_rest_serve(broken_server: RunningServer) -> None:
+    with grpcclient.InferenceServerClient(broken_server.grpc_url) as client:
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["healthy"].state == "READY"
+        assert index["broken_config"].state == "UNAVAILABLE"
+        assert "config.pbtxt" in index["broken_config"].reason and "max_batch_size" in index["broken_config"].reason
+        assert index["missing_file"].state == "UNAVAILABLE"
+        assert "model.pt" in index["missing_file"].reason
+        ready_only = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
+        assert ready_only == {"healthy"}
+        assert not client.is_model_ready("broken_config")
+        # Strict readiness: the server is live but not ready while a model it should serve is unavailable.
+        assert client.is_server_live()
+        assert not client.is_server_ready()
+        data = np.ones((1, 3), np.float32)
+        tensor = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
+        tensor.set_data_from_numpy(data)
+        np.testing.assert_array_equal(client.infer("healthy", [tensor]).as_numpy("OUTPUT0"), data)
+        with pytest.raises(Exception, match="UNAVAILABLE.*missing_file.*not ready"):
+            client.infer("missing_file", [tensor])
+
+
+def test_relaxed_readiness(broken_repository: Path) -> None:
+    running = RunningServer(loopback_settings(broken_repository, strict_readiness=False))
+    try:
+        with grpcclient.InferenceServerClient(running.grpc_url) as client:
+            assert client.is_server_ready()
+    finally:
+        running.stop()
+
+
+async def test_exit_on_error(broken_repository: Path) -> None:
+    server = V2Server(loopback_settings(broken_repository, exit_on_error=True))
+    with pytest.raises(ModelLoadError, match="broken_config"):
+        await server.start()
+
+
+def test_explicit_mode_loads_only_named_models() -> None:
+    running = RunningServer(
+        loopback_settings(BUNDLED_REPOSITORY, model_control_mode="explicit", load_models=("simple",))
+    )
+    try:
+        with grpcclient.InferenceServerClient(running.grpc_url) as client:
+            assert client.is_model_ready("simple")
+            assert not client.is_model_ready("mlp")
+            index = {m.name: m for m in client.get_model_repository_index().models}
+            assert index["mlp"].state == "UNAVAILABLE" and index["simple"].state == "READY"
+            assert client.is_server_ready()
+    finally:
+        running.stop()
+
+
+def test_command_line_serves_and_stops_cleanly_on_sigterm() -> None:
+    """``python -m v2server`` as ``make run`` starts it: bound port in the log, clean exit on SIGTERM."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "v2server", "--model-repository", str(BUNDLED_REPOSITORY),
+         "--grpc-address", "127.0.0.1", "--grpc-port", "0", "--allow-http=false", "--allow-metrics=false",
+         "--some-triton-flag=1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        port, log = None, []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            line = process.stderr.readline()  # type: ignore[union-attr]
+            log.append(line)
+            if match := re.search(r"gRPC server listening on [\d.]+:(\d+)", line):
+                port = int(match.group(1))
+            if "server ready" in line:
+                break
+        assert port, "".join(log)
+        assert any("ignoring unsupported flag --some-triton-flag=1" in line for line in log)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            assert client.is_server_ready()
+            a = np.arange(16, dtype=np.int32).reshape(1, 16)
+            inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(a)
+            np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_command_line_rejects_missing_repository() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "v2server"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "--model-repository is required" in result.stderr
