@@ -137,7 +137,7 @@ class Registry:
         )
         handles: dict[int, ModelHandle] = {}
         statuses: list[ModelStatus] = []
-        for version, result in zip(versions, results):
+        for version, result in zip(versions, results, strict=False):
             if isinstance(result, ModelHandle):
                 handles[version] = result
                 statuses.append(ModelStatus(name, version, ModelState.READY))

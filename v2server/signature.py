@@ -100,7 +100,7 @@ class Signature:
                     f"input '{spec.name}': batch size {batch} is outside 1..{self.max_batch_size} "
                     f"(max_batch_size of model '{self.model_name}')"
                 )
-        if len(dims) != len(spec.dims) or any(d != want and want != -1 for d, want in zip(dims, spec.dims)):
+        if len(dims) != len(spec.dims) or any(d != want and want != -1 for d, want in zip(dims, spec.dims, strict=False)):
             raise InvalidRequest(
                 f"input '{spec.name}': shape {list(shape)} does not match the model's "
                 f"{self.full_shape(spec)} (-1 is any size)"

@@ -138,7 +138,13 @@ def _convert_argument(
     kind = argument.kind
     if kind is _ArgKind.TENSOR:
         return _to_torch(tensor, spec, batch_size, device)
+    is_bytes = tensor.datatype.name == "BYTES"
     if kind is _ArgKind.STRINGS:
+        if not is_bytes:
+            raise InvalidRequest(
+                f"input '{tensor.name}': forward argument '{argument.name}' is List[str], "
+                f"which takes BYTES, not {tensor.datatype.name}"
+            )
         try:
             return [item.decode("utf-8") for item in tensor.array.reshape(-1)]
         except UnicodeDecodeError:
@@ -146,6 +152,11 @@ def _convert_argument(
                 f"input '{tensor.name}': an element is not valid UTF-8, which TorchScript List[str] needs"
             ) from None
     if kind in (_ArgKind.INT, _ArgKind.FLOAT, _ArgKind.BOOL):
+        if is_bytes:
+            raise InvalidRequest(
+                f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
+                "which a BYTES tensor cannot carry"
+            )
         if tensor.array.size != 1:
             raise InvalidRequest(
                 f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
@@ -174,8 +185,13 @@ def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.d
 def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: int, model: str) -> Tensor:
     dt = spec.datatype
     prefix = (batch_size,) if max_batch_size > 0 else ()
+    if (dt.name == "BYTES") != (isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value)):
+        raise InferenceFailed(
+            f"model '{model}' output '{spec.name}' is a {type(value).__name__}, but the config declares "
+            f"{dt.config_type} (BYTES outputs come from List[str], other types from tensors or scalars)"
+        )
     if isinstance(value, torch.Tensor):
-        if dt.torch is not None and value.dtype != dt.torch:
+        if value.dtype != dt.torch:
             raise InferenceFailed(
                 f"model '{model}' output '{spec.name}' has dtype {value.dtype}, but the config declares {dt.config_type}"
             )
@@ -186,7 +202,7 @@ def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: 
         if spec.reshape is not None:
             array = array.reshape(prefix + spec.dims) if spec.dims.count(-1) <= 1 else array
         return Tensor(spec.name, dt, array)
-    if isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value):
+    if dt.name == "BYTES":
         array = np.empty(len(value), dtype=object)
         array[:] = [v.encode("utf-8") if isinstance(v, str) else v for v in value]
     elif isinstance(value, (bool, int, float)):

@@ -31,7 +31,9 @@ def discover_models(repositories: Iterable[Path]) -> dict[str, Path]:
 
 def available_versions(model_dir: Path) -> list[int]:
     """Numeric version folders of a model, ascending; other folders are ignored as Triton does."""
-    return sorted(int(entry.name) for entry in model_dir.iterdir() if entry.is_dir() and entry.name.isdigit())
+    return sorted(
+        int(entry.name) for entry in model_dir.iterdir() if entry.is_dir() and entry.name.isascii() and entry.name.isdigit()
+    )
 
 
 def select_versions(model_dir: Path, policy: mc.ModelVersionPolicy) -> list[int]:

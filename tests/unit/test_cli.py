@@ -1,0 +1,95 @@
+"""Command line -> Settings: Triton's flag names, repeatable repositories, bool flags and refusals."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from v2server.cli import parse_settings
+from v2server.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
+
+REPO = ["--model-repository", "/models"]
+
+
+def test_defaults_are_the_settings_defaults() -> None:
+    assert parse_settings(REPO) == Settings(model_repositories=(Path("/models"),))
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["--server-name", "triton"], "server_name", "triton"),
+        (["--http-address=127.0.0.1"], "http_address", "127.0.0.1"),
+        (["--http-port", "9000"], "http_port", 9000),
+        (["--grpc-address", "::1"], "grpc_address", "::1"),
+        (["--grpc-port=9001"], "grpc_port", 9001),
+        (["--metrics-port", "9002"], "metrics_port", 9002),
+        (["--log-verbose=1"], "log_verbose", 1),
+        (["--grpc-max-message-size", "1048576"], "grpc_max_message_size", 1048576),
+        (["--exit-timeout-secs", "2.5"], "shutdown_grace_seconds", 2.5),
+        (["--model-control-mode", "explicit"], "model_control_mode", "explicit"),
+        (["--model-control-mode=explicit", "--load-model", "a", "--load-model=b"], "load_models", ("a", "b")),
+        (["--allow-http=false"], "allow_http", False),
+        (["--allow-grpc", "0"], "allow_grpc", False),
+        (["--allow-metrics=No"], "allow_metrics", False),
+        (["--strict-readiness=off"], "strict_readiness", False),
+        (["--strict-model-config", "false"], "strict_model_config", False),
+        (["--exit-on-error"], "exit_on_error", True),
+        (["--exit-on-error=TRUE"], "exit_on_error", True),
+        (["--exit-on-error", "on", "--allow-http", "yes"], "exit_on_error", True),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_triton_flags(argv: list[str], field: str, value: object) -> None:
+    settings = parse_settings([*REPO, *argv])
+    assert getattr(settings, field) == value
+    assert getattr(Settings(), field) != value
+
+
+@pytest.mark.parametrize("flag", ["--model-repository", "--model-store"])
+def test_repositories_are_repeatable_under_either_name(flag: str) -> None:
+    argv = [flag, "/a", f"{flag}=/b", "--model-store", "/c", "--model-repository=/d"]
+    assert parse_settings(argv).model_repositories == (Path("/a"), Path("/b"), Path("/c"), Path("/d"))
+
+
+def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="v2server"):
+        settings = parse_settings(
+            ["--backend-config", "pytorch,x=y", *REPO, "--pinned-memory-pool-byte-size=0", "--grpc-port", "1234"]
+        )
+    assert settings.model_repositories == (Path("/models"),) and settings.grpc_port == 1234
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == [
+        "ignoring unsupported flag --backend-config",
+        "ignoring unsupported flag --pinned-memory-pool-byte-size=0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--model-repository is required"),
+        ([*REPO, "--load-model", "a"], "--load-model needs --model-control-mode=explicit"),
+        ([*REPO, "--model-control-mode=none", "--load-model=a"], "--load-model needs --model-control-mode=explicit"),
+        ([*REPO, "--model-control-mode", "poll"], "--model-control-mode=poll is not supported yet"),
+        ([*REPO, "--model-control-mode", "auto"], "invalid choice: 'auto'"),
+        ([*REPO, "--allow-http=maybe"], "expected true or false, got 'maybe'"),
+        ([*REPO, "--grpc-port", "high"], "invalid int value: 'high'"),
+        ([*REPO, "--grpc-max-message-size=0"], f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}"),
+        (
+            [*REPO, f"--grpc-max-message-size={DEFAULT_MAX_MESSAGE_SIZE + 1}"],
+            f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}",
+        ),
+    ],
+    ids=[
+        "no-repository", "load-model-default-mode", "load-model-none-mode", "poll", "unknown-mode", "bad-bool",
+        "bad-int", "message-size-0", "message-size-too-big",
+    ],
+)
+def test_refused_command_lines(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_settings(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
