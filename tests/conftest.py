@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +38,10 @@ class RunningServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.server.grpc_port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.server.http_port}"
+
     def stop(self) -> None:
         self._call(self.server.stop(grace=1), timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -53,6 +64,44 @@ def loopback_settings(*repositories: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def cli_process(args: list[str], until: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``python -m v2server ARGS`` until a log line matches ``until``; on exit SIGTERM, and it must exit 0.
+
+    Yields the process and the log lines read so far (a test finds bound ports in them).
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "v2server", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    try:
+        log: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            log.append(process.stderr.readline())
+            if re.search(until, log[-1]):
+                break
+        else:
+            raise AssertionError(f"no log line matched {until!r}:\n{''.join(log)}")
+        yield process, log
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        process.stderr.close()
+
+
+def logged_port(log: list[str], pattern: str) -> int:
+    """The port a ``... listening on ADDRESS:PORT`` style line reports."""
+    for line in log:
+        if match := re.search(pattern + r" [\d.]+:(\d+)", line):
+            return int(match.group(1))
+    raise AssertionError(f"no port logged for {pattern!r}")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from v2server.errors import V2Error
-from v2server.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
+from v2server.settings import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Settings
 
 __all__ = ["main", "parse_settings"]
 
@@ -28,7 +28,8 @@ def _bool(text: str) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="v2server",
-        description="Serve TorchScript models over the KServe V2 / Open Inference Protocol (Triton-compatible).",
+        description="Serve TorchScript models over the KServe V2 / Open Inference Protocol (Triton-compatible). "
+        "'v2server gateway --grpc-target HOST:PORT' runs only the REST gateway, forwarding to a remote core.",
     )
     flag = parser.add_argument
     flag("--model-repository", "--model-store", dest="model_repositories", action="append", type=Path,
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
          help="with --model-control-mode=explicit: model to load at start (repeatable, '*' for all)")
     flag("--log-verbose", type=int, default=0, metavar="LEVEL")
     flag("--grpc-max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES")
+    flag("--http-max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES",
+         help="largest REST request body; larger ones get 413")
+    flag("--grpc-target", default="", metavar="HOST:PORT",
+         help="gateway mode ('v2server gateway'): forward REST requests to this gRPC core")
     flag("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
          help="on SIGTERM, how long in-flight requests get to finish")
     return parser
@@ -56,12 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str]) -> Settings:
     """Settings from a command line; unknown Triton flags are reported and ignored, not fatal."""
     parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
+    argv = list(argv)
+    gateway = argv[:1] == ["gateway"]
+    args, unknown = parser.parse_known_args(argv[1:] if gateway else argv)
     for extra in unknown:
         if extra.startswith("--"):
             log.warning("ignoring unsupported flag %s", extra)
-    if not args.model_repositories:
+    if gateway and not args.grpc_target:
+        parser.error("gateway mode needs --grpc-target HOST:PORT")
+    if not gateway and args.grpc_target:
+        parser.error("--grpc-target is for gateway mode: v2server gateway --grpc-target HOST:PORT")
+    if not args.model_repositories and not gateway:
         parser.error("--model-repository is required")
+    if args.http_max_body_size <= 0:
+        parser.error("--http-max-body-size must be positive")
     if args.model_control_mode == "poll":
         parser.error("--model-control-mode=poll is not supported yet; use none or explicit")
     if args.load_models and args.model_control_mode != "explicit":
@@ -86,6 +99,8 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         exit_on_error=args.exit_on_error,
         log_verbose=args.log_verbose,
         grpc_max_message_size=args.grpc_max_message_size,
+        http_max_body_size=args.http_max_body_size,
+        grpc_target=args.grpc_target,
         shutdown_grace_seconds=args.exit_timeout_secs,
     )
 
@@ -98,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.DEBUG)
     if not settings.strict_model_config:
         log.warning("--strict-model-config=false: configs are not auto-completed yet; they must be complete")
-    if settings.allow_http or settings.allow_metrics:
-        log.info("the REST gateway and metrics endpoints are not part of this build yet; serving gRPC only")
+    if settings.allow_metrics and not settings.grpc_target:
+        log.info("the metrics endpoint is not part of this build yet")
 
     from v2server.server import run  # imported late: torch takes a while, and --help should not wait
 

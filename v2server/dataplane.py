@@ -24,7 +24,7 @@ __all__ = ["EXTENSIONS", "DataPlane"]
 log = logging.getLogger(__name__)
 
 #: Protocol extensions this server really implements; each issue that lands one adds it here.
-EXTENSIONS: tuple[str, ...] = ("model_configuration", "parameters")
+EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration", "parameters")
 
 
 def _unimplemented(rpc: str) -> Callable[[Any, Any], Awaitable[Any]]:

@@ -14,6 +14,7 @@ HTTP status from it with Triton's mapping, so REST and gRPC always agree on what
     ├── Unauthenticated          UNAUTHENTICATED    401
     ├── Unsupported              UNIMPLEMENTED      501
     ├── AlreadyExists            ALREADY_EXISTS     400
+    ├── PayloadTooLarge          RESOURCE_EXHAUSTED 413
     ├── InferenceFailed          INTERNAL           500
     └── ModelLoadError           INTERNAL           500  (a model that could not be loaded)
 """
@@ -32,6 +33,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "ModelNotReady",
+    "PayloadTooLarge",
     "QueueFull",
     "ServerNotReady",
     "Unauthenticated",
@@ -85,6 +87,10 @@ class Unsupported(V2Error):
 
 class AlreadyExists(V2Error):
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PayloadTooLarge(V2Error):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class InferenceFailed(V2Error):

@@ -10,19 +10,51 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+import tornado.httpserver
+import tornado.netutil
 from grpc_health.v1 import health
 
+from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.dataplane import DataPlane
 from v2server.errors import ModelLoadError
 from v2server.grpc_api import create_grpc_server, set_serving
 from v2server.registry import Registry
+from v2server.rest_api.app import make_app
 from v2server.settings import Settings
 
-__all__ = ["V2Server", "run"]
+__all__ = ["RestGateway", "V2Server", "run", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestGateway:
+    """The Tornado REST gateway over a core: the in-process data plane or a grpc.aio stub."""
+
+    core: Any
+    address: str
+    port: int
+    max_body_size: int
+    bound_port: int | None = field(init=False, default=None)
+    _server: tornado.httpserver.HTTPServer | None = field(init=False, default=None)
+
+    def start(self) -> int:
+        """Bind (port 0: any free port) and serve; return the bound port."""
+        self._server = tornado.httpserver.HTTPServer(
+            make_app(self.core, self.max_body_size), max_body_size=self.max_body_size, xheaders=False
+        )
+        sockets = tornado.netutil.bind_sockets(self.port, self.address)
+        self._server.add_sockets(sockets)
+        self.bound_port = sockets[0].getsockname()[1]
+        return self.bound_port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
 
 
 @dataclass
@@ -33,8 +65,10 @@ class V2Server:
     registry: Registry = field(init=False)
     core: DataPlane = field(init=False)
     grpc_port: int | None = field(init=False, default=None)
+    http_port: int | None = field(init=False, default=None)
     _grpc: grpc.aio.Server | None = field(init=False, default=None)
     _health: health.aio.HealthServicer | None = field(init=False, default=None)
+    _rest: RestGateway | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.registry = Registry(self.settings.model_repositories)
@@ -50,6 +84,10 @@ class V2Server:
             await set_serving(self._health, False)
             await self._grpc.start()
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
+        if settings.allow_http:
+            self._rest = RestGateway(self.core, settings.http_address, settings.http_port, settings.http_max_body_size)
+            self.http_port = self._rest.start()
+            log.info("HTTP server listening on %s:%d", settings.http_address, self.http_port)
         names = None if settings.model_control_mode == "none" else self._startup_models()
         failures = await self.registry.load_all(names)
         if failures and settings.exit_on_error:
@@ -67,6 +105,8 @@ class V2Server:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._rest is not None:
+            await self._rest.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await asyncio.to_thread(self.registry.close)
@@ -78,15 +118,40 @@ class V2Server:
         return list(dict.fromkeys(self.settings.load_models))
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then drain."""
-    server = V2Server(settings)
+def grpc_core_stub(target: str, max_message_size: int) -> tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    """A grpc.aio stub to a remote core; it has the data plane's method names, so the gateway takes either."""
+    channel = grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", max_message_size),
+            ("grpc.max_receive_message_length", max_message_size),
+        ],
+    )
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
     await stop.wait()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then drain."""
+    if settings.grpc_target:
+        channel, stub = grpc_core_stub(settings.grpc_target, settings.grpc_max_message_size)
+        gateway = RestGateway(stub, settings.http_address, settings.http_port, settings.http_max_body_size)
+        port = gateway.start()
+        log.info("REST gateway on %s:%d forwarding to gRPC core at %s", settings.http_address, port, settings.grpc_target)
+        await _until_signalled()
+        await gateway.stop()
+        await channel.close()
+        return
+    server = V2Server(settings)
+    await server.start()
+    await _until_signalled()
     log.info("shutting down: draining in-flight requests (up to %.0f s)", settings.shutdown_grace_seconds)
     await server.stop()
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "ControlMode", "Settings"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_MESSAGE_SIZE", "ControlMode", "Settings"]
 
 ControlMode = Literal["none", "poll", "explicit"]
 
 #: Triton lets gRPC messages grow to 2 GiB - 1 both ways; grpcio's 4 MiB default breaks real clients.
 DEFAULT_MAX_MESSAGE_SIZE = 2**31 - 1
+DEFAULT_MAX_BODY_SIZE = 256 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,5 +36,9 @@ class Settings:
     exit_on_error: bool = False
     log_verbose: int = 0
     grpc_max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: largest REST request body; bigger ones get 413 before they are read
+    http_max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: gateway mode: the REST gateway forwards to the gRPC core at this HOST:PORT instead of serving models
+    grpc_target: str = ""
     #: seconds in-flight requests get to finish on SIGTERM before the server stops anyway
     shutdown_grace_seconds: float = 30.0

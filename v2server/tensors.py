@@ -18,6 +18,7 @@ from v2server.errors import InvalidRequest
 
 __all__ = [
     "Tensor",
+    "count_bytes_elements",
     "deserialize_bytes",
     "element_count",
     "from_contents",
@@ -71,6 +72,17 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.n
     array = np.empty(count, dtype=object)
     array[:] = items
     return array
+
+
+def count_bytes_elements(buffer: bytes | memoryview) -> int:
+    """How many length-prefixed BYTES elements ``buffer`` holds (as far as its prefixes are whole)."""
+    view = memoryview(buffer)
+    count = offset = 0
+    while offset + 4 <= len(view):
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4 + length
+        count += 1
+    return count
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:

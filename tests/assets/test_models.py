@@ -6,7 +6,6 @@ Built, not committed: scripting them takes a second and keeps binaries out of th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import torch
 
@@ -42,19 +41,19 @@ class Scaled(torch.nn.Module):
 
 
 class DictOutput(torch.nn.Module):
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"sum": a + b, "product": a * b}
 
 
 class DictInput(torch.nn.Module):
-    def forward(self, inputs: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return inputs["x"] - inputs["y"], inputs["x"] + inputs["y"]
 
 
 class Positional(torch.nn.Module):
     """Argument names unrelated to the config: INPUT__<i> binds by index; OUTPUT__<i> maps tuple positions."""
 
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return first - second, first + second
 
 
@@ -67,7 +66,7 @@ class Reshaping(torch.nn.Module):
 
 
 class StringLength(torch.nn.Module):
-    def forward(self, INPUT0: List[str]) -> torch.Tensor:
+    def forward(self, INPUT0: list[str]) -> torch.Tensor:
         return torch.tensor([len(s) for s in INPUT0], dtype=torch.int64)
 
 

@@ -58,7 +58,7 @@ def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
     assert metadata["version"]
     assert "model_configuration" in metadata["extensions"]
     # Only what is really implemented is advertised.
-    assert "binary_tensor_data" not in metadata["extensions"]
+    assert "binary_tensor_data" in metadata["extensions"]  # served by the REST gateway beside gRPC
 
 
 def test_model_metadata_has_batch_dimension(client: grpcclient.InferenceServerClient) -> None:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import BUNDLED_REPOSITORY, ROOT, RunningServer, loopback_settings
+from tests.conftest import (
+    BUNDLED_REPOSITORY,
+    ROOT,
+    RunningServer,
+    cli_process,
+    logged_port,
+    loopback_settings,
+)
 from v2server.errors import ModelLoadError
 from v2server.server import V2Server
 
@@ -46,6 +49,25 @@ def test_failed_models_are_reported_and_the_rest_serve(broken_server: RunningSer
         np.testing.assert_array_equal(client.infer("healthy", [tensor]).as_numpy("OUTPUT0"), data)
         with pytest.raises(Exception, match="UNAVAILABLE.*missing_file.*not ready"):
             client.infer("missing_file", [tensor])
+
+
+def test_rest_reports_unavailable_models_as_503(broken_server: RunningServer) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(broken_server.http_url)
+    try:
+        assert client.is_server_live() and not client.is_server_ready()
+        tensor = httpclient.InferInput("INPUT0", [1, 3], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 3), np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("missing_file", [tensor])
+        assert info.value.status() == "503" and "missing_file" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_config("no_such_model")
+        assert info.value.status() == "404"
+    finally:
+        client.close()
 
 
 def test_relaxed_readiness(broken_repository: Path) -> None:
@@ -80,23 +102,10 @@ def test_explicit_mode_loads_only_named_models() -> None:
 
 def test_command_line_serves_and_stops_cleanly_on_sigterm() -> None:
     """``python -m v2server`` as ``make run`` starts it: bound port in the log, clean exit on SIGTERM."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "v2server", "--model-repository", str(BUNDLED_REPOSITORY),
-         "--grpc-address", "127.0.0.1", "--grpc-port", "0", "--allow-http=false", "--allow-metrics=false",
-         "--some-triton-flag=1"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        port, log = None, []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            line = process.stderr.readline()  # type: ignore[union-attr]
-            log.append(line)
-            if match := re.search(r"gRPC server listening on [\d.]+:(\d+)", line):
-                port = int(match.group(1))
-            if "server ready" in line:
-                break
-        assert port, "".join(log)
+    args = ["--model-repository", str(BUNDLED_REPOSITORY), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
+            "--allow-http=false", "--allow-metrics=false", "--some-triton-flag=1"]
+    with cli_process(args, until="server ready") as (_, log):
+        port = logged_port(log, "gRPC server listening on")
         assert any("ignoring unsupported flag --some-triton-flag=1" in line for line in log)
         with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready()
@@ -105,13 +114,6 @@ def test_command_line_serves_and_stops_cleanly_on_sigterm() -> None:
             inputs[0].set_data_from_numpy(a)
             inputs[1].set_data_from_numpy(a)
             np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), 2 * a)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        process.stderr.close()  # type: ignore[union-attr]
 
 
 def test_command_line_rejects_missing_repository() -> None:

@@ -42,6 +42,7 @@ def test_unmapped_code_is_internal() -> None:
         (errors.Unsupported, grpc.StatusCode.UNIMPLEMENTED, 501),
         (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, 400),
         (errors.InferenceFailed, grpc.StatusCode.INTERNAL, 500),
+        (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
         (errors.ModelLoadError, grpc.StatusCode.INTERNAL, 500),
     ],
     ids=lambda v: getattr(v, "__name__", None),
@@ -56,4 +57,4 @@ def test_error_class_codes(cls: type[errors.V2Error], code: grpc.StatusCode, sta
 def test_every_exported_error_is_in_the_tree() -> None:
     classes = [getattr(errors, name) for name in errors.__all__ if name != "http_status"]
     assert all(issubclass(cls, errors.V2Error) for cls in classes)
-    assert len(classes) == 12
+    assert len(classes) == 13

@@ -1,0 +1,33 @@
+"""The route table of the REST gateway, with Triton's paths (a version in the path is digits only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from v2server.rest_api import handlers
+
+__all__ = ["make_app"]
+
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
+
+
+def make_app(core: Any, max_body_size: int = 0) -> tornado.web.Application:
+    """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub)."""
+    deps = {"core": core}
+    routes: list[Any] = [
+        (r"/v2/health/(live|ready)", handlers.HealthHandler, deps),
+        (r"/v2/?", handlers.ServerMetadataHandler, deps),
+        (r"/v2/repository(?:/(?P<repository>[^/]+))?/index", handlers.RepositoryIndexHandler, deps),
+        (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
+        (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
+        (_MODEL + r"/infer", handlers.InferHandler, {**deps, "max_body_size": max_body_size}),
+        (_MODEL, handlers.ModelMetadataHandler, deps),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=handlers.NotFoundHandler,
+        default_handler_args=deps,
+        compress_response=False,
+    )

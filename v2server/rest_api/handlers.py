@@ -1,0 +1,212 @@
+"""Tornado handlers for the V2 REST routes: parse into the core's protobuf request, await, render.
+
+The ``core`` is anything with the RPC-named coroutine methods of ``inference.GRPCInferenceService``: the
+in-process ``DataPlane``, or a grpc.aio stub to a remote core (gateway mode). Errors from either are mapped
+to ``{"error": ...}`` exactly once, in ``write_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import grpc
+import orjson
+import tornado.web
+
+from v2server._proto import grpc_service_pb2 as pb
+from v2server._proto import model_config_pb2 as mc
+from v2server.datatypes import from_config_type
+from v2server.errors import InvalidRequest, V2Error, http_status
+from v2server.rest_api.compression import compress, decode_body, negotiate_encoding
+from v2server.rest_api.json_codec import (
+    HEADER_LENGTH,
+    message_to_json,
+    parse_infer_request,
+    parse_raw_binary_request,
+    render_infer_response,
+)
+from v2server.tensors import count_bytes_elements
+
+__all__ = [
+    "HealthHandler",
+    "InferHandler",
+    "ModelConfigHandler",
+    "ModelMetadataHandler",
+    "ModelReadyHandler",
+    "NotFoundHandler",
+    "RepositoryIndexHandler",
+    "ServerMetadataHandler",
+]
+
+log = logging.getLogger(__name__)
+
+
+class _V2Handler(tornado.web.RequestHandler):
+    """Common plumbing: the core from the route table, JSON errors, JSON responses."""
+
+    def initialize(self, core: Any, max_body_size: int = 0) -> None:
+        self.core = core
+        self.max_body_size = max_body_size
+
+    def write_status(self, ok: bool) -> None:
+        """Health-style answers: 200 or 400 with an empty body (Content-Type as Triton sends it)."""
+        self.set_status(200 if ok else 400)
+        self.set_header("Content-Type", "application/json")
+        self.finish()
+
+    def write_json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        status, message = status_code, self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, V2Error):
+            status, message = http_status(exc.grpc_code), exc.message
+        elif isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            status, message = http_status(exc.code()), exc.details() or str(exc.code())
+        elif isinstance(exc, tornado.web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message else self._reason
+        elif exc is not None:
+            message = f"internal error: {exc}"
+        self.set_status(status)
+        self.clear_header("Content-Encoding")
+        self.clear_header(HEADER_LENGTH)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (V2Error, tornado.web.HTTPError, grpc.RpcError)):
+            log.debug("%s %s: %s", self.request.method, self.request.uri, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(_V2Handler):
+    """Unknown paths: 404 with a JSON body, like every other error."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no route for %s %s", self.request.method, self.request.path)
+
+
+class HealthHandler(_V2Handler):
+    """``/v2/health/live`` and ``/ready``: 200 or 400 with an empty body, as Triton answers."""
+
+    async def get(self, which: str) -> None:
+        if which == "live":
+            ok = (await self.core.ServerLive(pb.ServerLiveRequest())).live
+        else:
+            ok = (await self.core.ServerReady(pb.ServerReadyRequest())).ready
+        self.write_status(ok)
+
+
+class ServerMetadataHandler(_V2Handler):
+    async def get(self) -> None:
+        self.write_json(message_to_json(await self.core.ServerMetadata(pb.ServerMetadataRequest())))
+
+
+class ModelReadyHandler(_V2Handler):
+    async def get(self, name: str, version: str | None) -> None:
+        response = await self.core.ModelReady(pb.ModelReadyRequest(name=name, version=version or ""))
+        self.write_status(response.ready)
+
+
+class ModelMetadataHandler(_V2Handler):
+    async def get(self, name: str, version: str | None) -> None:
+        request = pb.ModelMetadataRequest(name=name, version=version or "")
+        self.write_json(message_to_json(await self.core.ModelMetadata(request)))
+
+
+class ModelConfigHandler(_V2Handler):
+    async def get(self, name: str, version: str | None) -> None:
+        response = await self.core.ModelConfig(pb.ModelConfigRequest(name=name, version=version or ""))
+        self.write_json(message_to_json(response.config))
+
+
+class RepositoryIndexHandler(_V2Handler):
+    async def post(self, repository: str | None = None) -> None:
+        body = self.request.body.strip()
+        ready = False
+        if body:
+            try:
+                ready = bool(orjson.loads(body).get("ready", False))
+            except (orjson.JSONDecodeError, AttributeError):
+                raise InvalidRequest("repository index body must be a JSON object such as {\"ready\": true}") from None
+        response = await self.core.RepositoryIndex(
+            pb.RepositoryIndexRequest(repository_name=repository or "", ready=ready)
+        )
+        self.write_json([message_to_json(model) for model in response.models])
+
+
+@tornado.web.stream_request_body
+class InferHandler(_V2Handler):
+    """``POST .../infer``: JSON, Triton's binary extension, compression; the body size is capped up front."""
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        declared = self.request.headers.get("Content-Length")
+        if self.max_body_size and declared and declared.isdigit() and int(declared) > self.max_body_size:
+            self._too_large(int(declared))
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self.max_body_size and self._received > self.max_body_size:
+            self._too_large(self._received)
+        self._chunks.append(chunk)
+
+    def _too_large(self, size: int) -> None:
+        raise tornado.web.HTTPError(
+            413, "request body of %d bytes exceeds the limit of %d bytes (--http-max-body-size)",
+            size, self.max_body_size,
+        )
+
+    async def post(self, name: str, version: str | None) -> None:
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        body = decode_body(body, self.request.headers.get("Content-Encoding"), self.max_body_size)
+        header_length = self._header_length()
+        if header_length == 0:
+            request, options = await self._raw_binary_request(name, version or "", body)
+        else:
+            request, options = parse_infer_request(name, version or "", body, header_length)
+        response = await self.core.ModelInfer(request)
+        payload, json_length = render_infer_response(response, options)
+        if json_length is not None:
+            self.set_header(HEADER_LENGTH, str(json_length))
+            self.set_header("Content-Type", "application/octet-stream")
+        else:
+            self.set_header("Content-Type", "application/json")
+        encoding = negotiate_encoding(self.request.headers.get("Accept-Encoding"))
+        if encoding is not None:
+            payload = compress(payload, encoding)
+            self.set_header("Content-Encoding", encoding)
+        self.finish(payload)
+
+    def _header_length(self) -> int | None:
+        value = self.request.headers.get(HEADER_LENGTH)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got '{value}'") from None
+
+    async def _raw_binary_request(self, name: str, version: str, body: bytes) -> tuple[pb.ModelInferRequest, Any]:
+        """``Inference-Header-Content-Length: 0``: the body is the one input of a single-input model, batch 1."""
+        config = (await self.core.ModelConfig(pb.ModelConfigRequest(name=name, version=version))).config
+        if len(config.input) != 1:
+            raise InvalidRequest(
+                f"a raw binary request ({HEADER_LENGTH}: 0) needs a model with exactly one input; "
+                f"'{name}' has {len(config.input)}"
+            )
+        tensor = config.input[0]
+        datatype = from_config_type(mc.DataType.Name(tensor.data_type))
+        dims = list(tensor.dims)
+        if dims.count(-1) == 1:
+            known = math.prod(d for d in dims if d != -1)
+            count = count_bytes_elements(body) if datatype.name == "BYTES" else len(body) // datatype.itemsize
+            dims[dims.index(-1)] = count // known if known else 0
+        shape = ([1] if config.max_batch_size > 0 else []) + dims
+        return parse_raw_binary_request(name, version, body, tensor.name, datatype.name, shape)
