@@ -32,7 +32,7 @@ from v2server.tensors import deserialize_bytes, serialize_bytes
 __all__ = [
     "HEADER_LENGTH",
     "OutputOptions",
-        "json_to_parameters",
+    "json_to_parameters",
     "message_to_json",
     "parameters_to_json",
     "parse_infer_request",
