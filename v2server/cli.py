@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     flag("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
     flag("--load-model", dest="load_models", action="append", default=[], metavar="NAME",
          help="with --model-control-mode=explicit: model to load at start (repeatable, '*' for all)")
+    flag("--repository-poll-secs", type=float, default=15.0, metavar="SECONDS",
+         help="with --model-control-mode=poll: seconds between repository scans")
     flag("--log-verbose", type=int, default=0, metavar="LEVEL")
     flag("--grpc-max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES")
     flag("--http-max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES",
@@ -75,8 +77,8 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         parser.error("--model-repository is required")
     if args.http_max_body_size <= 0:
         parser.error("--http-max-body-size must be positive")
-    if args.model_control_mode == "poll":
-        parser.error("--model-control-mode=poll is not supported yet; use none or explicit")
+    if args.repository_poll_secs <= 0:
+        parser.error("--repository-poll-secs must be positive")
     if args.load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode=explicit")
     if args.grpc_max_message_size <= 0 or args.grpc_max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
@@ -94,6 +96,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         allow_metrics=args.allow_metrics,
         model_control_mode=args.model_control_mode,
         load_models=tuple(args.load_models),
+        repository_poll_seconds=args.repository_poll_secs,
         strict_model_config=args.strict_model_config,
         strict_readiness=args.strict_readiness,
         exit_on_error=args.exit_on_error,
@@ -111,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     if settings.log_verbose > 0:
         logging.getLogger().setLevel(logging.DEBUG)
-    if not settings.strict_model_config:
-        log.warning("--strict-model-config=false: configs are not auto-completed yet; they must be complete")
     if settings.allow_metrics and not settings.grpc_target:
         log.info("the metrics endpoint is not part of this build yet")
 
@@ -122,5 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(settings)
     except V2Error as exc:
         log.error("%s", exc.message)
+        return 1
+    except OSError as exc:  # a port in use, an address that does not exist here
+        log.error("%s", exc)
         return 1
     return 0

@@ -14,17 +14,24 @@ from typing import Any
 
 from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
-from v2server.errors import Unsupported, V2Error
+from v2server.errors import InvalidRequest, Unsupported, V2Error
 from v2server.inference import decode_inputs, encode_response, requested_outputs
 from v2server.registry import ModelState, Registry
 from v2server.repository import PLATFORM
+from v2server.settings import ControlMode
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
 log = logging.getLogger(__name__)
 
 #: Protocol extensions this server really implements; each issue that lands one adds it here.
-EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration", "parameters")
+EXTENSIONS: tuple[str, ...] = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "parameters",
+)
 
 
 def _unimplemented(rpc: str) -> Callable[[Any, Any], Awaitable[Any]]:
@@ -38,10 +45,17 @@ def _unimplemented(rpc: str) -> Callable[[Any, Any], Awaitable[Any]]:
 class DataPlane:
     """The protocol core: one instance serves every transport."""
 
-    def __init__(self, registry: Registry, server_name: str = "v2server", strict_readiness: bool = True) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        server_name: str = "v2server",
+        strict_readiness: bool = True,
+        control_mode: ControlMode = "none",
+    ) -> None:
         self._registry = registry
         self._server_name = server_name
         self._strict_readiness = strict_readiness
+        self._control_mode = control_mode
         self._accepting = False
 
     def set_accepting(self, accepting: bool) -> None:
@@ -170,9 +184,45 @@ class DataPlane:
             ]
         )
 
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        """Load or reload a model, optionally with a partial config override and model files."""
+        self._check_explicit("load")
+        config: str | None = None
+        files: dict[str, bytes] = {}
+        for key, parameter in request.parameters.items():
+            if key == "config":
+                if parameter.WhichOneof("parameter_choice") != "string_param":
+                    raise InvalidRequest(f"failed to load '{request.model_name}': 'config' must be a string of JSON")
+                config = parameter.string_param
+            elif key.startswith("file:"):
+                if parameter.WhichOneof("parameter_choice") != "bytes_param":
+                    raise InvalidRequest(f"failed to load '{request.model_name}': '{key}' must carry bytes")
+                files[key.removeprefix("file:")] = parameter.bytes_param
+        if files and config is None:
+            raise InvalidRequest(f"failed to load '{request.model_name}': file overrides need a 'config' parameter")
+        statuses = await self._registry.load(request.model_name, config, files)
+        failures = [s for s in statuses if s.state is not ModelState.READY]
+        if failures:
+            reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in failures)
+            raise InvalidRequest(f"failed to load '{request.model_name}': {reasons}")
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Unload a model once its in-flight requests finish (no model here has dependents to unload)."""
+        self._check_explicit("unload")
+        await self._registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_explicit(self, action: str) -> None:
+        if self._control_mode != "explicit":
+            raise Unsupported(
+                f"explicit model {action} is not allowed in model control mode '{self._control_mode}'; "
+                "start the server with --model-control-mode=explicit"
+            )
+
     ModelStatistics = _unimplemented("ModelStatistics")
-    RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
-    RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
     SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")

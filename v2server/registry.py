@@ -1,7 +1,8 @@
-"""Loaded models in memory: one ``ModelHandle`` per served version, with its state.
+"""Loaded models in memory: one ``ModelHandle`` per served version, their states, load/unload/reload.
 
-A handle is a unit (config, signature, instances); loading builds a new one beside any old one and swaps a
-reference, so nothing a request holds is mutated under it.
+A handle is a unit (config, signature, instances). Loading builds new handles beside the old ones and swaps
+one dict reference, so a request that already holds a handle finishes on it; old handles are closed only
+after their in-flight requests drain. A reload that fails leaves the old versions serving.
 """
 
 from __future__ import annotations
@@ -9,16 +10,30 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import torch
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.backends import TorchScriptInstance, load_instance, place_instances
-from v2server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady
-from v2server.repository import discover_models, read_config, select_versions
+from v2server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady, V2Error
+from v2server.repository import (
+    CONFIG_FILENAME,
+    apply_override,
+    complete_config,
+    discover_models,
+    fingerprint,
+    read_raw_config,
+    select_versions,
+)
+from v2server.repository.autocomplete import autocomplete_config, default_config
 from v2server.signature import Signature
 from v2server.tensors import Tensor
+from v2server.warmup import run_warmup, warmup_requests
 
 __all__ = ["ModelHandle", "ModelState", "ModelStatus", "Registry"]
 
@@ -51,24 +66,54 @@ class ModelHandle:
     config: mc.ModelConfig
     signature: Signature
     instances: list[TorchScriptInstance] = field(default_factory=list)
+    inflight: int = 0
+    _drained: asyncio.Event | None = field(default=None, repr=False)
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
-        """Run on the least busy instance."""
-        instance = min(self.instances, key=lambda i: i.pending)
-        return await instance.execute(inputs, outputs, batch_size)
+        """Run on the least busy instance, counted so an unload can wait for the request."""
+        self.inflight += 1
+        try:
+            instance = min(self.instances, key=lambda i: i.pending)
+            return await instance.execute(inputs, outputs, batch_size)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def drain_and_close(self) -> None:
+        """Wait for in-flight requests, then release the instances."""
+        while self.inflight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         for instance in self.instances:
             instance.close()
 
 
+ChangeListener = Callable[[], Awaitable[None]]
+
+
 class Registry:
     """Every model the server knows: what is on disk, what is loaded, and why not."""
 
-    def __init__(self, repositories: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        repositories: Sequence[Path],
+        strict_model_config: bool = True,
+        on_change: ChangeListener | None = None,
+    ) -> None:
         self._repositories = tuple(repositories)
+        self._strict = strict_model_config
+        self.on_change = on_change
         self._handles: dict[str, dict[int, ModelHandle]] = {}
         self._status: dict[str, list[ModelStatus]] = {}
+        self._wanted: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._fingerprints: dict[str, object] = {}
+        self._upload_dirs: dict[str, Path] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- lookups (hot path: plain dict reads) -------------------------------------------------------------
 
@@ -81,13 +126,11 @@ class Registry:
             raise ModelNotFound(f"unknown model '{name}'")
         if version in ("", "-1"):
             return versions[max(versions)]
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise InvalidRequest(f"model '{name}': version '{version}' is not a number")
         handle = versions.get(int(version))
         if handle is None:
-            raise ModelNotFound(
-                f"model '{name}' has no version {version} being served (serving {sorted(versions)})"
-            )
+            raise ModelNotFound(f"model '{name}' has no version {version} being served (serving {sorted(versions)})")
         return handle
 
     def ready_versions(self, name: str) -> list[int]:
@@ -96,13 +139,13 @@ class Registry:
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
             self.get(name, version)
-        except (ModelNotFound, ModelNotReady, InvalidRequest):
+        except V2Error:
             return False
         return True
 
     def all_ready(self) -> bool:
-        """Strict readiness: every model we tried to load is serving."""
-        return all(self._handles.get(name) for name in self._status)
+        """Strict readiness: every model that should be served is serving."""
+        return all(self._handles.get(name) for name in self._wanted)
 
     def index(self) -> list[ModelStatus]:
         """Every model in the repositories with its state, loaded or not."""
@@ -111,47 +154,139 @@ class Registry:
             rows.extend(self._status.get(name) or [ModelStatus(name, 0, ModelState.UNAVAILABLE, "not loaded")])
         return rows
 
-    # -- loading ------------------------------------------------------------------------------------------
+    # -- load, unload, poll -------------------------------------------------------------------------------
 
     async def load_all(self, names: Sequence[str] | None = None) -> list[ModelStatus]:
-        """Load ``names`` (all models on disk when None) concurrently; return the failures."""
-        on_disk = self._on_disk()
-        targets = list(on_disk) if names is None else list(names)
-        for name in targets:
-            self._status[name] = [ModelStatus(name, 0, ModelState.LOADING)]
-        await asyncio.gather(*(self.load(name, on_disk.get(name)) for name in targets))
+        """Load ``names`` (every model on disk when None) concurrently; return the failures."""
+        targets = list(self._on_disk()) if names is None else list(names)
+        await asyncio.gather(*(self.load(name) for name in targets))
         return [s for name in targets for s in self._status[name] if s.state is not ModelState.READY]
 
-    async def load(self, name: str, model_dir: Path | None) -> None:
-        """Load every version the policy selects; failures are recorded, never raised."""
-        try:
-            if model_dir is None:
-                raise ModelLoadError(f"no model directory named '{name}' in {list(map(str, self._repositories))}")
-            config = await asyncio.to_thread(read_config, model_dir)
-            versions = select_versions(model_dir, config.version_policy)
-        except ModelLoadError as exc:
-            self._fail(name, 0, exc.message)
-            return
+    async def load(
+        self, name: str, config_override: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> list[ModelStatus]:
+        """Load or reload every version the policy selects; failures are recorded, not raised.
+
+        ``config_override`` is partial ModelConfig JSON merged over ``config.pbtxt``; ``files`` maps
+        ``<version>/<file>`` paths to contents that replace the repository's model folder entirely.
+        """
+        async with self._lock(name):
+            self._wanted.add(name)
+            if not self._handles.get(name):
+                self._status[name] = [ModelStatus(name, 0, ModelState.LOADING)]
+            upload_dir = None
+            try:
+                model_dir = self._on_disk().get(name)
+                if files:
+                    upload_dir = model_dir = _write_upload(name, files)
+                elif model_dir is not None:
+                    self._fingerprints[name] = await asyncio.to_thread(fingerprint, model_dir)
+                handles, statuses = await self._build(name, model_dir, config_override)
+            except ModelLoadError as exc:
+                handles, statuses = {}, [ModelStatus(name, 0, ModelState.UNAVAILABLE, exc.message)]
+            for status in statuses:
+                if status.state is not ModelState.READY:
+                    log.error("model '%s' version %d failed to load: %s", name, status.version, status.reason)
+            old = self._handles.get(name, {})
+            if not handles and old:
+                reason = "; ".join(s.reason for s in statuses)
+                for status in self._status[name]:
+                    status.reason = f"reload failed, still serving the previous load: {reason}"
+                if upload_dir is not None:
+                    shutil.rmtree(upload_dir.parent, ignore_errors=True)
+                return list(statuses)
+            self._handles[name] = handles
+            self._status[name] = statuses
+            self._retire(old.values(), self._upload_dirs.pop(name, None))
+            if upload_dir is not None:
+                self._upload_dirs[name] = upload_dir
+            if handles:
+                log.info("model '%s' ready, versions %s", name, sorted(handles))
+        await self._changed()
+        return list(statuses)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: new requests are refused at once, in-flight ones finish first."""
+        async with self._lock(name):
+            if name not in self._status and name not in self._on_disk():
+                raise ModelNotFound(f"unknown model '{name}'")
+            self._wanted.discard(name)
+            handles = self._handles.pop(name, {})
+            self._status[name] = [ModelStatus(name, v, ModelState.UNLOADING) for v in sorted(handles)] or [
+                ModelStatus(name, 0, ModelState.UNAVAILABLE, "unloaded")
+            ]
+            await asyncio.gather(*(handle.drain_and_close() for handle in handles.values()))
+            upload_dir = self._upload_dirs.pop(name, None)
+            if upload_dir is not None:
+                shutil.rmtree(upload_dir.parent, ignore_errors=True)
+            self._status[name] = [ModelStatus(name, v, ModelState.UNAVAILABLE, "unloaded") for v in sorted(handles)] or [
+                ModelStatus(name, 0, ModelState.UNAVAILABLE, "unloaded")
+            ]
+            log.info("model '%s' unloaded", name)
+        await self._changed()
+
+    async def poll(self) -> None:
+        """One scan of the repositories: load new models, reload changed ones, unload removed ones."""
+        on_disk = self._on_disk()
+        for name, model_dir in on_disk.items():
+            current = await asyncio.to_thread(fingerprint, model_dir)
+            if self._fingerprints.get(name) != current:
+                log.info("model '%s' changed on disk: loading", name)
+                await self.load(name)
+        for name in [n for n in self._wanted if n not in on_disk and n not in self._upload_dirs]:
+            log.info("model '%s' was removed from the repository: unloading", name)
+            await self.unload(name)
+            self._fingerprints.pop(name, None)
+
+    async def close(self) -> None:
+        """Release every model (the server is stopping)."""
+        handles = [h for versions in self._handles.values() for h in versions.values()]
+        self._handles.clear()
+        await asyncio.gather(*(h.drain_and_close() for h in handles), *self._closing)
+        for upload_dir in self._upload_dirs.values():
+            shutil.rmtree(upload_dir.parent, ignore_errors=True)
+
+    # -- building -----------------------------------------------------------------------------------------
+
+    async def _build(
+        self, name: str, model_dir: Path | None, config_override: str | None
+    ) -> tuple[dict[int, ModelHandle], list[ModelStatus]]:
+        if model_dir is None:
+            raise ModelLoadError(f"no model directory named '{name}' in {[str(r) for r in self._repositories]}")
+        config = await asyncio.to_thread(self._read_config, name, model_dir, config_override)
+        versions = select_versions(model_dir, config.version_policy)
         results = await asyncio.gather(
             *(self._load_version(name, model_dir, config, v) for v in versions), return_exceptions=True
         )
         handles: dict[int, ModelHandle] = {}
         statuses: list[ModelStatus] = []
-        for version, result in zip(versions, results, strict=False):
+        for version, result in zip(versions, results, strict=True):
             if isinstance(result, ModelHandle):
                 handles[version] = result
                 statuses.append(ModelStatus(name, version, ModelState.READY))
             else:
-                reason = result.message if isinstance(result, ModelLoadError) else repr(result)
-                log.error("model '%s' version %d failed to load: %s", name, version, reason)
+                reason = result.message if isinstance(result, V2Error) else repr(result)
                 statuses.append(ModelStatus(name, version, ModelState.UNAVAILABLE, reason))
-        old = self._handles.get(name, {})
-        self._handles[name] = handles
-        self._status[name] = statuses
-        for handle in old.values():
-            handle.close()
-        if handles:
-            log.info("model '%s' ready, versions %s", name, sorted(handles))
+        return handles, statuses
+
+    def _read_config(self, name: str, model_dir: Path, config_override: str | None) -> mc.ModelConfig:
+        """The file's config, the override merged over it, auto-completed when not strict, validated."""
+        config = read_raw_config(model_dir, missing_ok=not self._strict or config_override is not None)
+        if not config.ListFields() and not self._strict:
+            config = default_config(name)
+        if config_override is not None:
+            config = apply_override(config, config_override)
+        if not self._strict and (not config.input or not config.output):
+            policy = config.version_policy if config.HasField("version_policy") else mc.ModelVersionPolicy()
+            latest = select_versions(model_dir, policy)[-1]
+            path = model_dir / str(latest) / (config.default_model_filename or "model.pt")
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:
+                raise ModelLoadError(f"cannot load {path} to complete the config: {exc}") from exc
+            for note in autocomplete_config(config, module):
+                log.info("model '%s': %s", name, note)
+        return complete_config(config, name, model_dir / CONFIG_FILENAME)
 
     async def _load_version(self, name: str, model_dir: Path, config: mc.ModelConfig, version: int) -> ModelHandle:
         version_config = mc.ModelConfig()
@@ -159,31 +294,51 @@ class Registry:
         devices = place_instances(version_config)
         signature = Signature.from_config(version_config)
         path = model_dir / str(version) / version_config.default_model_filename
+        parameters = {key: value.string_value for key, value in version_config.parameters.items()}
         results = await asyncio.gather(
             *(
-                asyncio.to_thread(load_instance, path, device, signature, f"{name}-v{version}-{i}-{device}")
+                asyncio.to_thread(
+                    load_instance, path, device, signature, f"{name}-v{version}-{i}-{device}", parameters=parameters
+                )
                 for i, device in enumerate(devices)
             ),
             return_exceptions=True,
         )
-        handle = ModelHandle(name, version, version_config, signature,
-                             [r for r in results if isinstance(r, TorchScriptInstance)])
+        handle = ModelHandle(
+            name, version, version_config, signature, [r for r in results if isinstance(r, TorchScriptInstance)]
+        )
         failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is not None:
-            handle.close()
-            raise failure
+        try:
+            if failure is not None:
+                raise failure
+            requests = warmup_requests(version_config, model_dir)
+            if requests:
+                await run_warmup(handle.instances, requests, list(signature.outputs))
+        except BaseException:
+            await asyncio.to_thread(handle.close)
+            raise
         return handle
 
-    def close(self) -> None:
-        for versions in self._handles.values():
-            for handle in versions.values():
-                handle.close()
-        self._handles.clear()
+    # -- helpers ------------------------------------------------------------------------------------------
 
-    def _fail(self, name: str, version: int, reason: str) -> None:
-        log.error("model '%s' failed to load: %s", name, reason)
-        self._handles.pop(name, None)
-        self._status[name] = [ModelStatus(name, version, ModelState.UNAVAILABLE, reason)]
+    def _retire(self, handles: object, upload_dir: Path | None) -> None:
+        """Close replaced handles once their requests drain, without holding up the swap."""
+
+        async def retire(retired: list[ModelHandle]) -> None:
+            await asyncio.gather(*(h.drain_and_close() for h in retired))
+            if upload_dir is not None:
+                shutil.rmtree(upload_dir.parent, ignore_errors=True)
+
+        task = asyncio.create_task(retire(list(handles)))  # type: ignore[call-overload]
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     def _reason(self, name: str) -> str:
         reasons = [s.reason for s in self._status.get(name, []) if s.reason]
@@ -196,3 +351,18 @@ class Registry:
         except ModelLoadError as exc:
             log.error("%s", exc.message)
             return {}
+
+
+def _write_upload(name: str, files: Mapping[str, bytes]) -> Path:
+    """Model files sent with a load request, in a private temporary model folder (``<tmp>/<name>``)."""
+    root = Path(tempfile.mkdtemp(prefix="v2server-upload-"))
+    model_dir = root / name
+    for relative, content in files.items():
+        path = PurePosixPath(relative)
+        if path.is_absolute() or ".." in path.parts or len(path.parts) < 2:
+            shutil.rmtree(root, ignore_errors=True)
+            raise ModelLoadError(f"file override 'file:{relative}' must be a relative '<version>/<file>' path")
+        target = model_dir.joinpath(*path.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return model_dir

@@ -46,7 +46,10 @@ class RestGateway:
         self._server = tornado.httpserver.HTTPServer(
             make_app(self.core, self.max_body_size), max_body_size=self.max_body_size, xheaders=False
         )
-        sockets = tornado.netutil.bind_sockets(self.port, self.address)
+        try:
+            sockets = tornado.netutil.bind_sockets(self.port, self.address)
+        except OSError as exc:
+            raise OSError(f"cannot listen for HTTP on {self.address}:{self.port}: {exc.strerror}") from exc
         self._server.add_sockets(sockets)
         self.bound_port = sockets[0].getsockname()[1]
         return self.bound_port
@@ -69,10 +72,14 @@ class V2Server:
     _grpc: grpc.aio.Server | None = field(init=False, default=None)
     _health: health.aio.HealthServicer | None = field(init=False, default=None)
     _rest: RestGateway | None = field(init=False, default=None)
+    _poller: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.registry = Registry(self.settings.model_repositories)
-        self.core = DataPlane(self.registry, self.settings.server_name, self.settings.strict_readiness)
+        settings = self.settings
+        self.registry = Registry(settings.model_repositories, settings.strict_model_config, self._readiness_changed)
+        self.core = DataPlane(
+            self.registry, settings.server_name, settings.strict_readiness, settings.model_control_mode
+        )
 
     async def start(self) -> None:
         """Listen, load the models, then report ready."""
@@ -88,16 +95,30 @@ class V2Server:
             self._rest = RestGateway(self.core, settings.http_address, settings.http_port, settings.http_max_body_size)
             self.http_port = self._rest.start()
             log.info("HTTP server listening on %s:%d", settings.http_address, self.http_port)
-        names = None if settings.model_control_mode == "none" else self._startup_models()
+        names = self._startup_models() if settings.model_control_mode == "explicit" else None
         failures = await self.registry.load_all(names)
         if failures and settings.exit_on_error:
             reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
             await self.stop(grace=0)
             raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
         self.core.set_accepting(True)
+        await self._readiness_changed()
+        if settings.model_control_mode == "poll":
+            self._poller = asyncio.create_task(self._poll(settings.repository_poll_seconds))
+        log.info("server ready: %s", self.core.ready)
+
+    async def _readiness_changed(self) -> None:
         if self._health is not None:
             await set_serving(self._health, self.core.ready)
-        log.info("server ready: %s", self.core.ready)
+
+    async def _poll(self, interval: float) -> None:
+        """Poll mode: rescan the repositories every ``interval`` seconds until stopped."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.registry.poll()
+            except Exception:
+                log.exception("repository poll failed; retrying in %.0f s", interval)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish within ``grace`` seconds, then release models."""
@@ -105,11 +126,13 @@ class V2Server:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.cancel()
         if self._rest is not None:
             await self._rest.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        await asyncio.to_thread(self.registry.close)
+        await self.registry.close()
 
     def _startup_models(self) -> list[str]:
         """Explicit mode: ``--load-model`` names ('*' is every model on disk)."""

@@ -31,6 +31,8 @@ class Settings:
     allow_metrics: bool = True
     model_control_mode: ControlMode = "none"
     load_models: tuple[str, ...] = ()
+    #: poll mode: seconds between repository scans
+    repository_poll_seconds: float = 15.0
     strict_model_config: bool = True
     strict_readiness: bool = True
     exit_on_error: bool = False

@@ -122,3 +122,20 @@ def test_command_line_rejects_missing_repository() -> None:
     )
     assert result.returncode == 2
     assert "--model-repository is required" in result.stderr
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "v2server", "--model-repository", str(BUNDLED_REPOSITORY),
+             "--grpc-address", "127.0.0.1", "--grpc-port", str(port), "--allow-http=false"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

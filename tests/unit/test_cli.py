@@ -73,7 +73,7 @@ def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture
         ([], "--model-repository is required"),
         ([*REPO, "--load-model", "a"], "--load-model needs --model-control-mode=explicit"),
         ([*REPO, "--model-control-mode=none", "--load-model=a"], "--load-model needs --model-control-mode=explicit"),
-        ([*REPO, "--model-control-mode", "poll"], "--model-control-mode=poll is not supported yet"),
+        ([*REPO, "--model-control-mode", "poll", "--repository-poll-secs=0"], "--repository-poll-secs must be positive"),
         ([*REPO, "--model-control-mode", "auto"], "invalid choice: 'auto'"),
         ([*REPO, "--allow-http=maybe"], "expected true or false, got 'maybe'"),
         ([*REPO, "--grpc-port", "high"], "invalid int value: 'high'"),
@@ -84,7 +84,7 @@ def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture
         ),
     ],
     ids=[
-        "no-repository", "load-model-default-mode", "load-model-none-mode", "poll", "unknown-mode", "bad-bool",
+        "no-repository", "load-model-default-mode", "load-model-none-mode", "poll-interval", "unknown-mode", "bad-bool",
         "bad-int", "message-size-0", "message-size-too-big",
     ],
 )

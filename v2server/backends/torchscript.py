@@ -4,15 +4,21 @@ Inputs bind to ``forward`` arguments as Triton's PyTorch backend binds them: by 
 input is named like an argument, else by the ``<name>__<index>`` suffix, else by config order; a single
 ``Dict[str, Tensor]`` argument receives all inputs by name. Outputs map from a tensor, a tuple or list
 (``OUTPUT__<index>`` or config order), a ``Dict[str, Tensor]`` (by key), a ``List[str]`` (BYTES) or a scalar.
+
+On the CPU, request bytes become tensors without a copy. On a GPU, each instance has its own CUDA stream:
+inputs go through its pinned staging buffer with non-blocking copies, each output comes back with one
+non-blocking copy into pinned memory, and the stream is synchronised once per request. Running out of GPU
+memory fails only the request that did, and frees the allocator's cache for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -22,11 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from v2server.backends._execution import ExecutionOptions, PinnedStaging, cuda_oom_summary, is_cuda_oom
 from v2server.errors import InferenceFailed, InvalidRequest, ModelLoadError
 from v2server.signature import Signature, TensorSpec
 from v2server.tensors import Tensor
 
 __all__ = ["TorchScriptInstance", "load_instance"]
+
+log = logging.getLogger(__name__)
+
+_Move = Callable[[torch.Tensor], torch.Tensor]
 
 # Request bytes reach the model without a copy; models must not write into their inputs.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -40,6 +51,7 @@ class _ArgKind(Enum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    STR = "str"
     TENSOR_DICT = "Dict[str, Tensor]"
     OTHER = "other"
 
@@ -54,6 +66,7 @@ def _arg_kind(type_: Any) -> _ArgKind:
         "int": _ArgKind.INT,
         "float": _ArgKind.FLOAT,
         "bool": _ArgKind.BOOL,
+        "str": _ArgKind.STR,
         "Dict[str, Tensor]": _ArgKind.TENSOR_DICT,
     }.get(text, _ArgKind.OTHER)
 
@@ -101,21 +114,25 @@ class _Binding:
         else:
             self.output_index = {name: position for position, name in enumerate(outputs)}
 
-    def call_arguments(self, inputs: Sequence[Tensor], batch_size: int, device: torch.device) -> list[Any]:
-        """``forward``'s positional arguments for one request."""
+    def call_arguments(self, inputs: Sequence[Tensor], batch_size: int, to_device: _Move) -> list[Any]:
+        """``forward``'s positional arguments for one request; ``to_device`` places each tensor argument."""
         if self.dict_argument:
-            return [{t.name: _to_torch(t, self.signature.inputs[t.name], batch_size, device) for t in inputs}]
+            return [{t.name: _to_torch(t, self.signature.inputs[t.name], batch_size, to_device) for t in inputs}]
         values: list[Any] = [None] * len(self.arguments)
         for tensor in inputs:
             slot = self.slots[tensor.name]
             values[slot] = _convert_argument(
-                self.arguments[slot], tensor, self.signature.inputs[tensor.name], batch_size, device,
+                self.arguments[slot], tensor, self.signature.inputs[tensor.name], batch_size, to_device,
                 self.signature.model_name,
             )
         return values
 
-    def outputs(self, result: Any, wanted: Sequence[str], batch_size: int) -> list[Tensor]:
-        """The ``wanted`` outputs of ``forward``'s result, as arrays shaped as the config says."""
+    def outputs(self, result: Any, wanted: Sequence[str], batch_size: int, to_host: _Move) -> list[Tensor]:
+        """The ``wanted`` outputs of ``forward``'s result, as arrays shaped as the config says.
+
+        ``to_host`` brings each tensor to the CPU; where it only starts the copy, the caller waits for it
+        before the arrays are read.
+        """
         model = self.signature.model_name
         if isinstance(result, dict):
             values = result
@@ -128,47 +145,56 @@ class _Binding:
             if name not in values:
                 raise InferenceFailed(f"model '{model}' returned no value for output '{name}'")
             spec = self.signature.outputs[name]
-            tensors.append(_from_result(values[name], spec, batch_size, self.signature.max_batch_size, model))
+            tensors.append(
+                _from_result(values[name], spec, batch_size, self.signature.max_batch_size, model, to_host)
+            )
         return tensors
 
 
 def _convert_argument(
-    argument: _Argument, tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.device, model: str
+    argument: _Argument, tensor: Tensor, spec: TensorSpec, batch_size: int, to_device: _Move, model: str
 ) -> Any:
     kind = argument.kind
     if kind is _ArgKind.TENSOR:
-        return _to_torch(tensor, spec, batch_size, device)
+        return _to_torch(tensor, spec, batch_size, to_device)
     is_bytes = tensor.datatype.name == "BYTES"
-    if kind is _ArgKind.STRINGS:
+    if kind in (_ArgKind.STRINGS, _ArgKind.STR):
         if not is_bytes:
             raise InvalidRequest(
-                f"input '{tensor.name}': forward argument '{argument.name}' is List[str], "
+                f"input '{tensor.name}': forward argument '{argument.name}' is {kind.value}, "
                 f"which takes BYTES, not {tensor.datatype.name}"
             )
         try:
-            return [item.decode("utf-8") for item in tensor.array.reshape(-1)]
+            strings = [item.decode("utf-8") for item in tensor.array.reshape(-1)]
         except UnicodeDecodeError:
             raise InvalidRequest(
-                f"input '{tensor.name}': an element is not valid UTF-8, which TorchScript List[str] needs"
+                f"input '{tensor.name}': an element is not valid UTF-8, which TorchScript {kind.value} needs"
             ) from None
+        return strings if kind is _ArgKind.STRINGS else _single(strings, argument, tensor)
     if kind in (_ArgKind.INT, _ArgKind.FLOAT, _ArgKind.BOOL):
         if is_bytes:
             raise InvalidRequest(
                 f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
                 "which a BYTES tensor cannot carry"
             )
-        if tensor.array.size != 1:
-            raise InvalidRequest(
-                f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
-                f"so the tensor must hold exactly one element, not {tensor.array.size}"
-            )
-        return {_ArgKind.INT: int, _ArgKind.FLOAT: float, _ArgKind.BOOL: bool}[kind](tensor.array.reshape(-1)[0])
+        value = _single(tensor.array.reshape(-1), argument, tensor)
+        return {_ArgKind.INT: int, _ArgKind.FLOAT: float, _ArgKind.BOOL: bool}[kind](value)
     raise InvalidRequest(
         f"model '{model}': forward argument '{argument.name}' is {argument.type_text}, which no V2 tensor can carry"
     )
 
 
-def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.device) -> torch.Tensor:
+def _single(values: Sequence[Any], argument: _Argument, tensor: Tensor) -> Any:
+    """The one element a scalar argument takes."""
+    if len(values) != 1:
+        raise InvalidRequest(
+            f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {argument.kind.value}, "
+            f"so the tensor must hold exactly one element, not {len(values)}"
+        )
+    return values[0]
+
+
+def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, to_device: _Move) -> torch.Tensor:
     array = tensor.array
     if spec.reshape is not None:
         array = array.reshape(((batch_size,) if batch_size else ()) + spec.reshape)
@@ -177,12 +203,12 @@ def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, device: torch.d
     value = torch.from_numpy(array)
     if tensor.datatype.name == "BF16":
         value = value.view(torch.bfloat16)
-    if device.type != "cpu":
-        value = value.to(device, non_blocking=True)
-    return value
+    return to_device(value)
 
 
-def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: int, model: str) -> Tensor:
+def _from_result(
+    value: Any, spec: TensorSpec, batch_size: int, max_batch_size: int, model: str, to_host: _Move
+) -> Tensor:
     dt = spec.datatype
     prefix = (batch_size,) if max_batch_size > 0 else ()
     if (dt.name == "BYTES") != (isinstance(value, list) and all(isinstance(v, (str, bytes)) for v in value)):
@@ -195,7 +221,7 @@ def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: 
             raise InferenceFailed(
                 f"model '{model}' output '{spec.name}' has dtype {value.dtype}, but the config declares {dt.config_type}"
             )
-        value = value.detach().cpu()
+        value = to_host(value.detach())
         if dt.name == "BF16":
             value = value.view(torch.int16)
         array = value.numpy().view(dt.numpy) if dt.name == "BF16" else value.numpy()
@@ -223,12 +249,21 @@ def _from_result(value: Any, spec: TensorSpec, batch_size: int, max_batch_size: 
 class TorchScriptInstance:
     """One loaded copy of a model on one device, with its own worker thread (and CUDA stream)."""
 
-    def __init__(self, module: torch.jit.ScriptModule, device: torch.device, signature: Signature, label: str) -> None:
+    def __init__(
+        self,
+        module: torch.jit.ScriptModule,
+        device: torch.device,
+        signature: Signature,
+        label: str,
+        options: ExecutionOptions | None = None,
+    ) -> None:
         self.device = device
         self._module = module
         self._binding = _Binding(signature, _forward_arguments(module))
+        self._options = options or ExecutionOptions()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=label)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._staging = PinnedStaging(device, self._stream) if self._stream is not None else None
         self.pending = 0
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
@@ -244,13 +279,50 @@ class TorchScriptInstance:
         self._executor.shutdown(wait=True)
 
     def _run(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
-        with torch.inference_mode(), self._on_stream():
-            arguments = self._binding.call_arguments(inputs, batch_size, self.device)
+        try:
+            return self._execute(inputs, outputs, batch_size)
+        except Exception as exc:
+            if self._stream is None or not is_cuda_oom(exc):
+                raise
+            message = (
+                f"model '{self._binding.signature.model_name}' ran out of GPU memory on {self.device} "
+                f"({f'batch of {batch_size}' if batch_size else 'unbatched request'}): {cuda_oom_summary(exc)}"
+            )
+            log.warning("%s", message)
+        finally:
+            if self._stream is not None and self._options.cache_cleaning:
+                torch.cuda.empty_cache()
+        # Past the except block the error, its traceback and the frames holding this request's tensors are
+        # gone, so the allocator can hand their memory back and the next request starts clean.
+        torch.cuda.empty_cache()
+        raise InferenceFailed(message)
+
+    def _execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
+        with self._options.scope(), self._on_stream():
+            to_device = _keep if self._staging is None else self._staging.begin(
+                t.array.nbytes for t in inputs if t.datatype.name != "BYTES"
+            )
+            arguments = self._binding.call_arguments(inputs, batch_size, to_device)
             try:
                 result = self._module(*arguments)
             except Exception as exc:  # the model's own failure: reported, never fatal to the server
+                if self._stream is not None and is_cuda_oom(exc):
+                    raise
                 raise InferenceFailed(f"model '{self._binding.signature.model_name}' failed: {_short(exc)}") from exc
-            return self._binding.outputs(result, outputs, batch_size)
+            tensors = self._binding.outputs(result, outputs, batch_size, self._to_host)
+            if self._stream is not None:
+                self._stream.synchronize()  # the outputs' copies have landed
+            return tensors
+
+    def _to_host(self, value: torch.Tensor) -> torch.Tensor:
+        """Start one copy of an output to the CPU: pinned and non-blocking from this instance's GPU."""
+        if value.device.type == "cpu":
+            return value
+        if value.device != self.device:  # a model that placed its result elsewhere: not on our stream
+            return value.cpu()
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        return host
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
@@ -259,19 +331,32 @@ class TorchScriptInstance:
             return
         with torch.cuda.stream(self._stream):
             yield
-        self._stream.synchronize()
 
 
-def load_instance(path: Path, device: str, signature: Signature, label: str) -> TorchScriptInstance:
-    """Load ``path`` onto ``device`` (blocking: call it from a worker thread)."""
+def _keep(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def load_instance(
+    path: Path, device: str, signature: Signature, label: str, parameters: Mapping[str, str] | None = None
+) -> TorchScriptInstance:
+    """Load ``path`` onto ``device`` (blocking: call it from a worker thread).
+
+    ``parameters`` are the config's string ``parameters``; those of Triton's PyTorch backend that can apply
+    to one model are applied (see ``_execution``), a bad value of one of them is a ``ModelLoadError``.
+    """
+    options = ExecutionOptions.from_parameters(parameters or {}, signature.model_name)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
+    place = torch.device(device)
+    if place.type == "cuda" and place.index is None:
+        place = torch.device("cuda", torch.cuda.current_device())
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        module = torch.jit.load(str(path), map_location=place)
     except Exception as exc:
         raise ModelLoadError(f"cannot load TorchScript file {path}: {_short(exc)}") from exc
     module.eval()
-    return TorchScriptInstance(module, torch.device(device), signature, label)
+    return TorchScriptInstance(module, place, signature, label, options)
 
 
 def _forward_arguments(module: torch.jit.ScriptModule) -> list[_Argument]:

@@ -30,9 +30,12 @@ def create_grpc_server(
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{address}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{address}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}:{port}")
+        raise OSError(f"cannot listen for gRPC on {address}:{port} (is the port in use?)")
     return server, bound, health_servicer
 
 

@@ -9,13 +9,21 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import from_config_type
 from v2server.errors import ModelLoadError
 
-__all__ = ["CONFIG_FILENAME", "PLATFORM", "BACKEND", "complete_config", "read_config"]
+__all__ = [
+    "BACKEND",
+    "CONFIG_FILENAME",
+    "PLATFORM",
+    "apply_override",
+    "complete_config",
+    "read_config",
+    "read_raw_config",
+]
 
 CONFIG_FILENAME = "config.pbtxt"
 PLATFORM = "pytorch_libtorch"
@@ -25,17 +33,45 @@ DEFAULT_MODEL_FILENAME = "model.pt"
 
 def read_config(model_dir: Path) -> mc.ModelConfig:
     """Parse ``<model_dir>/config.pbtxt``, validate it and fill defaults."""
+    return complete_config(read_raw_config(model_dir), model_dir.name, model_dir / CONFIG_FILENAME)
+
+
+def read_raw_config(model_dir: Path, missing_ok: bool = False) -> mc.ModelConfig:
+    """``config.pbtxt`` as written, before validation (an empty config if absent and ``missing_ok``)."""
     path = model_dir / CONFIG_FILENAME
+    config = mc.ModelConfig()
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return config
+        raise ModelLoadError(f"{path}: cannot read model configuration: No such file") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read model configuration: {exc.strerror}") from None
-    config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    return complete_config(config, model_dir.name, path)
+    return config
+
+
+def apply_override(config: mc.ModelConfig, override_json: str) -> mc.ModelConfig:
+    """Merge a load request's partial config (ModelConfig JSON, proto3 rules) over ``config``.
+
+    Each top-level field the override sets replaces the file's field whole (a repeated ``input`` list is
+    replaced, not appended to), which is what a partial override means to a Triton user.
+    """
+    override = mc.ModelConfig()
+    try:
+        json_format.Parse(override_json, override)
+    except (json_format.ParseError, ValueError) as exc:
+        raise ModelLoadError(f"config override is not valid ModelConfig JSON: {exc}") from None
+    merged = mc.ModelConfig()
+    merged.CopyFrom(config)
+    for field, _ in override.ListFields():
+        merged.ClearField(field.name)
+    merged.MergeFrom(override)
+    return merged
 
 
 def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str) -> mc.ModelConfig:

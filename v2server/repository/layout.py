@@ -8,7 +8,7 @@ from pathlib import Path
 from v2server._proto import model_config_pb2 as mc
 from v2server.errors import ModelLoadError
 
-__all__ = ["available_versions", "discover_models", "select_versions"]
+__all__ = ["available_versions", "discover_models", "fingerprint", "select_versions"]
 
 
 def discover_models(repositories: Iterable[Path]) -> dict[str, Path]:
@@ -52,3 +52,13 @@ def select_versions(model_dir: Path, policy: mc.ModelVersionPolicy) -> list[int]
     if not chosen:
         raise ModelLoadError(f"{model_dir}: no version folder (a positive integer such as '1/') to serve")
     return chosen
+
+
+def fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What polling compares between scans: every file's relative path, size and modification time."""
+    entries = []
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)

@@ -20,6 +20,11 @@ def make_app(core: Any, max_body_size: int = 0) -> tornado.web.Application:
         (r"/v2/health/(live|ready)", handlers.HealthHandler, deps),
         (r"/v2/?", handlers.ServerMetadataHandler, deps),
         (r"/v2/repository(?:/(?P<repository>[^/]+))?/index", handlers.RepositoryIndexHandler, deps),
+        (
+            r"/v2/repository(?:/(?P<repository>[^/]+))?/models/(?P<name>[^/]+)/(?P<action>load|unload)",
+            handlers.RepositoryModelHandler,
+            deps,
+        ),
         (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
         (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
         (_MODEL + r"/infer", handlers.InferHandler, {**deps, "max_body_size": max_body_size}),

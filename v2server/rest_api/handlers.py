@@ -25,6 +25,7 @@ from v2server.rest_api.json_codec import (
     message_to_json,
     parse_infer_request,
     parse_raw_binary_request,
+    parse_repository_request,
     render_infer_response,
 )
 from v2server.tensors import count_bytes_elements
@@ -37,6 +38,7 @@ __all__ = [
     "ModelReadyHandler",
     "NotFoundHandler",
     "RepositoryIndexHandler",
+    "RepositoryModelHandler",
     "ServerMetadataHandler",
 ]
 
@@ -138,6 +140,23 @@ class RepositoryIndexHandler(_V2Handler):
             pb.RepositoryIndexRequest(repository_name=repository or "", ready=ready)
         )
         self.write_json([message_to_json(model) for model in response.models])
+
+
+class RepositoryModelHandler(_V2Handler):
+    """``POST /v2/repository/models/{m}/load|unload`` (bodies may be empty)."""
+
+    async def post(self, repository: str | None, name: str, action: str) -> None:
+        parameters = parse_repository_request(self.request.body, f"{action} '{name}'")
+        if action == "load":
+            await self.core.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(repository_name=repository or "", model_name=name, parameters=parameters)
+            )
+        else:
+            await self.core.RepositoryModelUnload(
+                pb.RepositoryModelUnloadRequest(repository_name=repository or "", model_name=name, parameters=parameters)
+            )
+        self.set_header("Content-Type", "application/json")
+        self.finish()
 
 
 @tornado.web.stream_request_body

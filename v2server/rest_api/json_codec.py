@@ -37,6 +37,7 @@ __all__ = [
     "parameters_to_json",
     "parse_infer_request",
     "parse_raw_binary_request",
+    "parse_repository_request",
     "render_infer_response",
 ]
 
@@ -461,3 +462,37 @@ def _value_to_json(descriptor: FieldDescriptor, value: Any) -> Any:
 
 def _map_key(key: Any) -> str:
     return ("true" if key else "false") if isinstance(key, bool) else str(key)
+
+
+def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepositoryParameter]:
+    """The ``parameters`` of a repository load/unload body (which may be empty) as protobuf parameters.
+
+    ``file:<version>/<name>`` values are base64 in JSON and become raw ``bytes_param``, as tritonclient's gRPC
+    client sends them; ``config`` stays a JSON string.
+    """
+    if not body.strip():
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"{where}: request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest(f"{where}: request JSON must be an object")
+    parameters: dict[str, pb.ModelRepositoryParameter] = {}
+    for key, value in _object(document.get("parameters"), f"{where}: parameters").items():
+        if key.startswith("file:"):
+            if not isinstance(value, str):
+                raise InvalidRequest(f"{where}: parameter '{key}' must be base64 text")
+            try:
+                parameters[key] = pb.ModelRepositoryParameter(bytes_param=base64.b64decode(value, validate=True))
+            except ValueError:
+                raise InvalidRequest(f"{where}: parameter '{key}' is not valid base64") from None
+        elif isinstance(value, bool):
+            parameters[key] = pb.ModelRepositoryParameter(bool_param=value)
+        elif isinstance(value, int):
+            parameters[key] = pb.ModelRepositoryParameter(int64_param=value)
+        elif isinstance(value, str):
+            parameters[key] = pb.ModelRepositoryParameter(string_param=value)
+        else:
+            raise InvalidRequest(f"{where}: parameter '{key}' must be a string, integer or boolean")
+    return parameters
