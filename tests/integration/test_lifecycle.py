@@ -257,3 +257,43 @@ def test_several_cpu_instances_share_the_load(tmp_path: Path) -> None:
         assert len(results) == 40 and all((r == DATA * 3).all() for r in results)
     finally:
         running.stop()
+
+
+class Busy(torch.nn.Module):
+    """Takes as long as its input asks (``rounds`` matrix products), to keep a request in flight."""
+
+    def forward(self, INPUT0: torch.Tensor) -> torch.Tensor:
+        x = torch.ones(256, 256)
+        for _ in range(int(INPUT0[0].item())):
+            x = torch.tanh(x @ x)
+        return INPUT0 + x[0, :4].to(torch.int32) * 0
+
+
+def test_unload_waits_for_requests_in_flight(tmp_path: Path) -> None:
+    _save(tmp_path, "busy", Busy(), _config("busy", SCALED_BODY))
+    running = RunningServer(loopback_settings(tmp_path, model_control_mode="explicit", load_models=("busy",)))
+    try:
+        handle = running.server.registry.get("busy")
+        outcome: list[object] = []
+
+        def slow_request() -> None:
+            with grpcclient.InferenceServerClient(running.grpc_url) as client:
+                tensor = grpcclient.InferInput("INPUT0", [4], "INT32")
+                tensor.set_data_from_numpy(np.array([3000, 0, 0, 0], np.int32))
+                try:
+                    outcome.append(client.infer("busy", [tensor]).as_numpy("OUTPUT0"))
+                except InferenceServerException as exc:
+                    outcome.append(exc)
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        _wait_until(lambda: handle.inflight == 1)
+        with grpcclient.InferenceServerClient(running.grpc_url) as client:
+            client.unload_model("busy")  # returns once the request in flight has finished
+            assert handle.inflight == 0
+            assert not client.is_model_ready("busy")
+        worker.join(timeout=60)
+        assert len(outcome) == 1 and isinstance(outcome[0], np.ndarray), outcome
+        assert outcome[0].tolist() == [3000, 0, 0, 0]
+    finally:
+        running.stop()
