@@ -331,7 +331,7 @@ async def test_optional_argument_may_have_no_input(load: Load) -> None:
 
 def test_synchronous_run_path(load: Load) -> None:
     instance = load(Double(), _io("input", "x:INT16:2") + _io("output", "y:INT16:2"))
-    assert instance._run([_tensor("x", "INT16", [3, -4])], ["y"], 0)[0].array.tolist() == [6, -8]
+    assert instance._run([_tensor("x", "INT16", [3, -4])], ["y"], 0)[0][0].array.tolist() == [6, -8]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from v2server.errors import InferenceFailed, InvalidRequest, ModelLoadError
 from v2server.signature import Signature, TensorSpec
 from v2server.tensors import Tensor
 
-__all__ = ["TorchScriptInstance", "load_instance"]
+__all__ = ["StageTimes", "TorchScriptInstance", "load_instance"]
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,15 @@ def _from_result(
     return Tensor(spec.name, dt, array)
 
 
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    """Nanoseconds one execution spent in Triton's three compute stages (for statistics)."""
+
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
 class TorchScriptInstance:
     """One loaded copy of a model on one device, with its own worker thread (and CUDA stream)."""
 
@@ -268,6 +278,12 @@ class TorchScriptInstance:
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
         """Run one request on this instance's thread; the event loop waits without blocking."""
+        return (await self.execute_timed(inputs, outputs, batch_size))[0]
+
+    async def execute_timed(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
+    ) -> tuple[list[Tensor], StageTimes]:
+        """``execute``, also returning how long input preparation, the model and output copies took."""
         self.pending += 1
         try:
             loop = asyncio.get_running_loop()
@@ -278,7 +294,9 @@ class TorchScriptInstance:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def _run(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
+    def _run(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
+    ) -> tuple[list[Tensor], StageTimes]:
         try:
             return self._execute(inputs, outputs, batch_size)
         except Exception as exc:
@@ -297,22 +315,30 @@ class TorchScriptInstance:
         torch.cuda.empty_cache()
         raise InferenceFailed(message)
 
-    def _execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
+    def _execute(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
+    ) -> tuple[list[Tensor], StageTimes]:
         with self._options.scope(), self._on_stream():
+            start = time.perf_counter_ns()
             to_device = _keep if self._staging is None else self._staging.begin(
                 t.array.nbytes for t in inputs if t.datatype.name != "BYTES"
             )
             arguments = self._binding.call_arguments(inputs, batch_size, to_device)
+            inputs_ready = time.perf_counter_ns()
             try:
                 result = self._module(*arguments)
             except Exception as exc:  # the model's own failure: reported, never fatal to the server
                 if self._stream is not None and is_cuda_oom(exc):
                     raise
                 raise InferenceFailed(f"model '{self._binding.signature.model_name}' failed: {_short(exc)}") from exc
+            if self._stream is not None:
+                self._stream.synchronize()  # time the model, not the queue of kernels it launched
+            inferred = time.perf_counter_ns()
             tensors = self._binding.outputs(result, outputs, batch_size, self._to_host)
             if self._stream is not None:
                 self._stream.synchronize()  # the outputs' copies have landed
-            return tensors
+            done = time.perf_counter_ns()
+            return tensors, StageTimes(inputs_ready - start, inferred - inputs_ready, done - inferred)
 
     def _to_host(self, value: torch.Tensor) -> torch.Tensor:
         """Start one copy of an output to the CPU: pinned and non-blocking from this instance's GPU."""
