@@ -15,7 +15,7 @@ from typing import Any
 from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest, Unsupported, V2Error
-from v2server.inference import decode_inputs, encode_response, requested_outputs
+from v2server.inference import decode_inputs, encode_response, requested_outputs, schedule_parameters
 from v2server.registry import ModelState, Registry
 from v2server.repository import PLATFORM
 from v2server.settings import ControlMode
@@ -31,6 +31,8 @@ EXTENSIONS: tuple[str, ...] = (
     "model_repository",
     "model_repository(unload_dependents)",
     "parameters",
+    "schedule_policy",
+    "statistics",
 )
 
 
@@ -101,6 +103,17 @@ class DataPlane:
             ],
         )
 
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        """Triton's statistics of every served version, of one model, or of one version."""
+        if request.name and request.version:
+            handles = [self._registry.get(request.name, request.version)]
+        elif request.name:
+            self._registry.get(request.name)  # an unknown or unready model is an error, as in Triton
+            handles = self._registry.handles(request.name)
+        else:
+            handles = self._registry.handles()
+        return pb.ModelStatisticsResponse(model_stats=[handle.stats.to_proto() for handle in handles])
+
     async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self._registry.get(request.name, request.version).config)
 
@@ -112,7 +125,8 @@ class DataPlane:
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
         inputs = decode_inputs(request)
-        results = await handle.execute(inputs, outputs, batch_size)
+        priority, timeout_us = schedule_parameters(request)
+        results = await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
         return encode_response(request, handle.name, handle.version, results)
 
     async def ModelStreamInfer(
@@ -222,7 +236,6 @@ class DataPlane:
                 "start the server with --model-control-mode=explicit"
             )
 
-    ModelStatistics = _unimplemented("ModelStatistics")
     SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")

@@ -14,7 +14,7 @@ from v2server.errors import InvalidRequest, Unsupported
 from v2server.signature import Signature
 from v2server.tensors import Tensor, from_contents, from_raw, to_raw
 
-__all__ = ["decode_inputs", "encode_response", "requested_outputs"]
+__all__ = ["decode_inputs", "encode_response", "requested_outputs", "schedule_parameters"]
 
 _SHM_PARAMETER = "shared_memory_region"
 
@@ -79,3 +79,21 @@ def encode_response(
         ],
         raw_output_contents=[to_raw(t) for t in outputs],
     )
+
+
+def schedule_parameters(request: pb.ModelInferRequest) -> tuple[int, int]:
+    """The request's ``priority`` and queue ``timeout`` (microseconds), 0 when absent.
+
+    tritonclient sends priority as ``uint64_param`` over gRPC; REST JSON integers arrive as ``int64_param``.
+    """
+    values = []
+    for key in ("priority", "timeout"):
+        parameter = request.parameters.get(key)
+        kind = parameter.WhichOneof("parameter_choice") if parameter is not None else None
+        if kind is None:
+            values.append(0)
+        elif kind in ("int64_param", "uint64_param") and getattr(parameter, kind) >= 0:
+            values.append(getattr(parameter, kind))
+        else:
+            raise InvalidRequest(f"request parameter '{key}' must be a non-negative integer")
+    return values[0], values[1]

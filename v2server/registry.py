@@ -12,6 +12,7 @@ import enum
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,7 +20,8 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends import TorchScriptInstance, load_instance, place_instances
+from v2server.backends import StageTimes, TorchScriptInstance, load_instance, place_instances
+from v2server.batching import DynamicBatcher
 from v2server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady, V2Error
 from v2server.repository import (
     CONFIG_FILENAME,
@@ -32,6 +34,7 @@ from v2server.repository import (
 )
 from v2server.repository.autocomplete import autocomplete_config, default_config
 from v2server.signature import Signature
+from v2server.statistics import VersionStatistics
 from v2server.tensors import Tensor
 from v2server.warmup import run_warmup, warmup_requests
 
@@ -59,7 +62,7 @@ class ModelStatus:
 
 @dataclass(eq=False)
 class ModelHandle:
-    """One served model version: config, signature and its loaded instances."""
+    """One served model version: config, signature, instances, its batcher (if any) and statistics."""
 
     name: str
     version: int
@@ -67,29 +70,73 @@ class ModelHandle:
     signature: Signature
     instances: list[TorchScriptInstance] = field(default_factory=list)
     inflight: int = 0
+    stats: VersionStatistics = field(init=False)
+    batcher: DynamicBatcher | None = field(init=False, default=None)
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
-    async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
-        """Run on the least busy instance, counted so an unload can wait for the request."""
+    def __post_init__(self) -> None:
+        self.stats = VersionStatistics(self.name, self.version)
+        if self.config.HasField("dynamic_batching"):
+            self.batcher = DynamicBatcher(
+                self.name, self.config.dynamic_batching, self.config.max_batch_size, self._run_batch,
+                concurrency=max(1, len(self.instances)),
+            )
+
+    async def execute(
+        self,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[str],
+        batch_size: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> list[Tensor]:
+        """Run one request (through the dynamic batcher when the config has one), counted for statistics
+        and so that an unload can wait for it."""
         self.inflight += 1
+        self.stats.request_started()
+        start = time.perf_counter_ns()
+        success, queue_ns, times = False, 0, _NO_TIMES
         try:
-            instance = min(self.instances, key=lambda i: i.pending)
-            return await instance.execute(inputs, outputs, batch_size)
+            if self.batcher is not None:
+                result = await self.batcher.submit(list(inputs), list(outputs), batch_size, priority, timeout_us)
+                tensors, queue_ns, times = result.outputs, result.queue_ns, result.info
+            else:
+                tensors, times = await self._run_batch(list(inputs), list(outputs), batch_size)
+            success = True
+            return tensors
         finally:
+            self.stats.request_finished(
+                success, batch_size, time.perf_counter_ns() - start, queue_ns,
+                times.input_ns, times.infer_ns, times.output_ns,
+            )
             self.inflight -= 1
             if self.inflight == 0 and self._drained is not None:
                 self._drained.set()
 
+    async def _run_batch(
+        self, inputs: list[Tensor], outputs: list[str], batch_size: int
+    ) -> tuple[list[Tensor], StageTimes]:
+        """One model execution on the least busy instance (also the batcher's runner)."""
+        instance = min(self.instances, key=lambda i: i.pending)
+        tensors, times = await instance.execute_timed(inputs, outputs, batch_size)
+        self.stats.execution(batch_size, times.input_ns, times.infer_ns, times.output_ns)
+        return tensors, times
+
     async def drain_and_close(self) -> None:
-        """Wait for in-flight requests, then release the instances."""
+        """Wait for in-flight requests, then release the batcher and the instances."""
         while self.inflight:
             self._drained = asyncio.Event()
             await self._drained.wait()
+        if self.batcher is not None:
+            await self.batcher.close()
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         for instance in self.instances:
             instance.close()
+
+
+_NO_TIMES = StageTimes(0, 0, 0)
 
 
 ChangeListener = Callable[[], Awaitable[None]]
@@ -146,6 +193,11 @@ class Registry:
     def all_ready(self) -> bool:
         """Strict readiness: every model that should be served is serving."""
         return all(self._handles.get(name) for name in self._wanted)
+
+    def handles(self, name: str = "") -> list[ModelHandle]:
+        """Served handles, of one model or (``name`` "") of all, by name and version."""
+        names = [name] if name else sorted(self._handles)
+        return [self._handles[n][v] for n in names for v in sorted(self._handles.get(n, {}))]
 
     def index(self) -> list[ModelStatus]:
         """Every model in the repositories with its state, loaded or not."""

@@ -344,7 +344,7 @@ def test_model_that_raises_is_internal_and_server_keeps_serving(client: grpcclie
 
 
 def test_unimplemented_rpcs_name_themselves(client: grpcclient.InferenceServerClient) -> None:
-    error = _error(lambda: client.get_inference_statistics("simple"))
-    assert error.status() == "StatusCode.UNIMPLEMENTED" and "ModelStatistics" in error.message()
+    error = _error(lambda: client.get_trace_settings())
+    assert error.status() == "StatusCode.UNIMPLEMENTED" and "TraceSetting" in error.message()
     error = _error(lambda: client.get_system_shared_memory_status())
     assert error.status() == "StatusCode.UNIMPLEMENTED" and "SystemSharedMemoryStatus" in error.message()
