@@ -39,6 +39,10 @@ class RunningServer:
         return f"127.0.0.1:{self.server.grpc_port}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.server.http_port}"
 
@@ -60,6 +64,7 @@ def loopback_settings(*repositories: Path, **overrides: object) -> Settings:
         "grpc_port": 0,
         "http_address": "127.0.0.1",
         "http_port": 0,
+        "metrics_address": "127.0.0.1",
         "metrics_port": 0,
     }
     values.update(overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from v2server.errors import V2Error
 from v2server.settings import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Settings
+from v2server.statistics import DEFAULT_BUCKETS_US, parse_buckets
 
 __all__ = ["main", "parse_settings"]
 
@@ -39,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     flag("--http-port", type=int, default=8000)
     flag("--grpc-address", default="0.0.0.0")
     flag("--grpc-port", type=int, default=8001)
+    flag("--metrics-address", default="0.0.0.0")
     flag("--metrics-port", type=int, default=8002)
+    flag("--metrics-config", action="append", default=[], metavar="KEY=VALUE",
+         help="histogram_latency_buckets=100,500,1000 (microseconds) sets the latency histograms' buckets")
+    flag("--log-requests", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+         help="write one access-log line per request")
+    flag("--log-format", choices=("text", "json", "default", "ISO8601"), default="text",
+         help="access log format (Triton's default/ISO8601 mean text)")
     for name in ("allow-http", "allow-grpc", "allow-metrics", "strict-readiness", "strict-model-config"):
         flag(f"--{name}", type=_bool, nargs="?", const=True, default=True, metavar="BOOL")
     flag("--exit-on-error", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
@@ -83,6 +91,16 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         parser.error("--load-model needs --model-control-mode=explicit")
     if args.grpc_max_message_size <= 0 or args.grpc_max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
         parser.error(f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}")
+    buckets = DEFAULT_BUCKETS_US
+    for item in args.metrics_config:
+        key, _, value = item.partition("=")
+        if key == "histogram_latency_buckets":
+            try:
+                buckets = parse_buckets(value)
+            except ValueError as exc:
+                parser.error(f"--metrics-config {item}: {exc}")
+        else:
+            log.warning("ignoring unsupported --metrics-config %s", item)
     return Settings(
         model_repositories=tuple(args.model_repositories),
         server_name=args.server_name,
@@ -90,7 +108,11 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         http_port=args.http_port,
         grpc_address=args.grpc_address,
         grpc_port=args.grpc_port,
+        metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
+        latency_buckets_us=buckets,
+        log_requests=args.log_requests,
+        log_format="json" if args.log_format == "json" else "text",
         allow_http=args.allow_http,
         allow_grpc=args.allow_grpc,
         allow_metrics=args.allow_metrics,
@@ -114,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     if settings.log_verbose > 0:
         logging.getLogger().setLevel(logging.DEBUG)
-    if settings.allow_metrics and not settings.grpc_target:
-        log.info("the metrics endpoint is not part of this build yet")
 
     from v2server.server import run  # imported late: torch takes a while, and --help should not wait
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from v2server import __version__
+from v2server import __version__, access_log
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest, Unsupported, V2Error
 from v2server.inference import decode_inputs, encode_response, requested_outputs, schedule_parameters
@@ -121,6 +121,9 @@ class DataPlane:
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         handle = self._registry.get(request.model_name, request.model_version)
+        record = access_log.current()
+        if record is not None:
+            record.model, record.version, record.request_id = handle.name, str(handle.version), request.id
         signature = handle.signature
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)

@@ -95,7 +95,7 @@ class TritonCollector(Collector):
             # Metric rather than CounterMetricFamily, which would name the samples `<name>_total`.
             counter = Metric(name, doc, "counter")
             for snap, labels in rows:
-                counter.add_sample(name, dict(zip(_LABELS, labels)), value(snap))
+                counter.add_sample(name, dict(zip(_LABELS, labels, strict=True)), value(snap))
             yield counter
 
         pending = GaugeMetricFamily(
@@ -112,7 +112,7 @@ class TritonCollector(Collector):
             for snap, labels in rows:
                 h = histogram(snap)
                 les = [_go_float(b) for b in h.bounds] + ["+Inf"]
-                family.add_metric(labels, list(zip(les, h.cumulative)), h.sum)
+                family.add_metric(labels, list(zip(les, h.cumulative, strict=True)), h.sum)
             yield family
 
         if self._gpus is not None:

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from v2server import access_log
 from v2server._proto import model_config_pb2 as mc
 from v2server.backends import StageTimes, TorchScriptInstance, load_instance, place_instances
 from v2server.batching import DynamicBatcher
@@ -34,7 +35,7 @@ from v2server.repository import (
 )
 from v2server.repository.autocomplete import autocomplete_config, default_config
 from v2server.signature import Signature
-from v2server.statistics import VersionStatistics
+from v2server.statistics import DEFAULT_BUCKETS_US, VersionStatistics
 from v2server.tensors import Tensor
 from v2server.warmup import run_warmup, warmup_requests
 
@@ -69,13 +70,14 @@ class ModelHandle:
     config: mc.ModelConfig
     signature: Signature
     instances: list[TorchScriptInstance] = field(default_factory=list)
+    buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US
     inflight: int = 0
     stats: VersionStatistics = field(init=False)
     batcher: DynamicBatcher | None = field(init=False, default=None)
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.stats = VersionStatistics(self.name, self.version)
+        self.stats = VersionStatistics(self.name, self.version, self.buckets_us)
         if self.config.HasField("dynamic_batching"):
             self.batcher = DynamicBatcher(
                 self.name, self.config.dynamic_batching, self.config.max_batch_size, self._run_batch,
@@ -103,6 +105,11 @@ class ModelHandle:
             else:
                 tensors, times = await self._run_batch(list(inputs), list(outputs), batch_size)
             success = True
+            record = access_log.current()
+            if record is not None:
+                record.batch_size = result.batch_size if self.batcher is not None else batch_size
+                record.queue_us = queue_ns / 1000
+                record.compute_us = (times.input_ns + times.infer_ns + times.output_ns) / 1000
             return tensors
         finally:
             self.stats.request_finished(
@@ -150,8 +157,10 @@ class Registry:
         repositories: Sequence[Path],
         strict_model_config: bool = True,
         on_change: ChangeListener | None = None,
+        latency_buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US,
     ) -> None:
         self._repositories = tuple(repositories)
+        self._buckets_us = latency_buckets_us
         self._strict = strict_model_config
         self.on_change = on_change
         self._handles: dict[str, dict[int, ModelHandle]] = {}
@@ -357,7 +366,8 @@ class Registry:
             return_exceptions=True,
         )
         handle = ModelHandle(
-            name, version, version_config, signature, [r for r in results if isinstance(r, TorchScriptInstance)]
+            name, version, version_config, signature,
+            [r for r in results if isinstance(r, TorchScriptInstance)], self._buckets_us,
         )
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         try:

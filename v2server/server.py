@@ -10,19 +10,21 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import tornado.httpserver
 import tornado.netutil
+import tornado.web
 from grpc_health.v1 import health
 
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
+from v2server.access_log import AccessLog
 from v2server.dataplane import DataPlane
 from v2server.errors import ModelLoadError
 from v2server.grpc_api import create_grpc_server, set_serving
+from v2server.metrics import make_registry, render
 from v2server.registry import Registry
-from v2server.rest_api.app import make_app
+from v2server.rest_api.app import make_app, make_metrics_app
 from v2server.settings import Settings
 
 __all__ = ["RestGateway", "V2Server", "run", "serve"]
@@ -32,9 +34,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RestGateway:
-    """The Tornado REST gateway over a core: the in-process data plane or a grpc.aio stub."""
+    """A Tornado listener for an application: the REST gateway (over the data plane or a grpc.aio stub),
+    or the metrics endpoint."""
 
-    core: Any
+    app: tornado.web.Application
     address: str
     port: int
     max_body_size: int
@@ -43,9 +46,7 @@ class RestGateway:
 
     def start(self) -> int:
         """Bind (port 0: any free port) and serve; return the bound port."""
-        self._server = tornado.httpserver.HTTPServer(
-            make_app(self.core, self.max_body_size), max_body_size=self.max_body_size, xheaders=False
-        )
+        self._server = tornado.httpserver.HTTPServer(self.app, max_body_size=self.max_body_size, xheaders=False)
         try:
             sockets = tornado.netutil.bind_sockets(self.port, self.address)
         except OSError as exc:
@@ -72,11 +73,17 @@ class V2Server:
     _grpc: grpc.aio.Server | None = field(init=False, default=None)
     _health: health.aio.HealthServicer | None = field(init=False, default=None)
     _rest: RestGateway | None = field(init=False, default=None)
+    _metrics: RestGateway | None = field(init=False, default=None)
+    metrics_port: int | None = field(init=False, default=None)
     _poller: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.registry = Registry(settings.model_repositories, settings.strict_model_config, self._readiness_changed)
+        self.registry = Registry(
+            settings.model_repositories, settings.strict_model_config, self._readiness_changed,
+            settings.latency_buckets_us,
+        )
+        self.access = AccessLog(settings.log_format) if settings.log_requests else None
         self.core = DataPlane(
             self.registry, settings.server_name, settings.strict_readiness, settings.model_control_mode
         )
@@ -86,15 +93,25 @@ class V2Server:
         settings = self.settings
         if settings.allow_grpc:
             self._grpc, self.grpc_port, self._health = create_grpc_server(
-                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size
+                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size, self.access
             )
             await set_serving(self._health, False)
             await self._grpc.start()
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
         if settings.allow_http:
-            self._rest = RestGateway(self.core, settings.http_address, settings.http_port, settings.http_max_body_size)
+            self._rest = RestGateway(
+                make_app(self.core, settings.http_max_body_size, self.access), settings.http_address,
+                settings.http_port, settings.http_max_body_size,
+            )
             self.http_port = self._rest.start()
             log.info("HTTP server listening on %s:%d", settings.http_address, self.http_port)
+        if settings.allow_metrics:
+            metrics = make_registry(lambda: (handle.stats for handle in self.registry.handles()))
+            self._metrics = RestGateway(
+                make_metrics_app(lambda: render(metrics)), settings.metrics_address, settings.metrics_port, 1 << 16
+            )
+            self.metrics_port = self._metrics.start()
+            log.info("metrics server listening on %s:%d", settings.metrics_address, self.metrics_port)
         names = self._startup_models() if settings.model_control_mode == "explicit" else None
         failures = await self.registry.load_all(names)
         if failures and settings.exit_on_error:
@@ -128,8 +145,9 @@ class V2Server:
             await self._health.enter_graceful_shutdown()
         if self._poller is not None:
             self._poller.cancel()
-        if self._rest is not None:
-            await self._rest.stop()
+        for listener in (self._rest, self._metrics):
+            if listener is not None:
+                await listener.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await self.registry.close()
@@ -165,7 +183,11 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then drain."""
     if settings.grpc_target:
         channel, stub = grpc_core_stub(settings.grpc_target, settings.grpc_max_message_size)
-        gateway = RestGateway(stub, settings.http_address, settings.http_port, settings.http_max_body_size)
+        access = AccessLog(settings.log_format) if settings.log_requests else None
+        gateway = RestGateway(
+            make_app(stub, settings.http_max_body_size, access), settings.http_address, settings.http_port,
+            settings.http_max_body_size,
+        )
         port = gateway.start()
         log.info("REST gateway on %s:%d forwarding to gRPC core at %s", settings.http_address, port, settings.grpc_target)
         await _until_signalled()

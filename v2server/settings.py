@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from v2server.statistics import DEFAULT_BUCKETS_US
+
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_MESSAGE_SIZE", "ControlMode", "Settings"]
 
 ControlMode = Literal["none", "poll", "explicit"]
@@ -25,7 +27,13 @@ class Settings:
     http_port: int = 8000
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    metrics_address: str = "0.0.0.0"
     metrics_port: int = 8002
+    #: upper bounds (microseconds) of the latency histograms' buckets
+    latency_buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US
+    #: write one access-log line per request
+    log_requests: bool = False
+    log_format: Literal["text", "json"] = "text"
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True

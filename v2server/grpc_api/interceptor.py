@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from v2server.access_log import AccessLog
 from v2server.errors import V2Error
 
 __all__ = ["ErrorInterceptor"]
@@ -22,7 +24,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, method: str, access: AccessLog | None) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
 
@@ -33,6 +35,20 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                 raise
             except Exception as exc:
                 await _abort(context, exc, method)
+
+        if access is not None:
+            plain = unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                record, start, status = access.begin("grpc", method), time.perf_counter_ns(), "OK"
+                try:
+                    return await plain(request, context)
+                except BaseException:
+                    code = context.code()
+                    status = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
+                    raise
+                finally:
+                    access.end(record, status, time.perf_counter_ns() - start)
 
         return grpc.unary_unary_rpc_method_handler(
             unary, handler.request_deserializer, handler.response_serializer
@@ -56,13 +72,15 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns ``V2Error`` into its status code and anything else into INTERNAL (logged with its traceback).
+    """Turns ``V2Error`` into its status code and anything else into INTERNAL (logged with its traceback),
+    and writes the access log when one is given (unary RPCs; a stream is one entry of its own requests' work).
 
     Wrapped handlers are built once per method and cached, so a call pays one dict lookup.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, access: AccessLog | None = None) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._access = access
 
     async def intercept_service(
         self,
@@ -75,5 +93,5 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return handler
-            wrapped = self._wrapped[method] = _wrap(handler, method)
+            wrapped = self._wrapped[method] = _wrap(handler, method, self._access)
         return wrapped

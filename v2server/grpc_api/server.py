@@ -6,6 +6,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
+from v2server.access_log import AccessLog
 from v2server.dataplane import DataPlane
 from v2server.grpc_api.interceptor import ErrorInterceptor
 from v2server.grpc_api.servicer import InferenceServicer
@@ -16,11 +17,11 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def create_grpc_server(
-    core: DataPlane, address: str, port: int, max_message_size: int
+    core: DataPlane, address: str, port: int, max_message_size: int, access: AccessLog | None = None
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server bound to ``address:port`` (0: any free port); returns it, the bound port and health."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(access)],
         options=[
             ("grpc.max_send_message_length", max_message_size),
             ("grpc.max_receive_message_length", max_message_size),

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
 
+from v2server.access_log import AccessLog
 from v2server.rest_api import handlers
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "make_metrics_app"]
 
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
 
 
-def make_app(core: Any, max_body_size: int = 0) -> tornado.web.Application:
+def make_app(core: Any, max_body_size: int = 0, access: AccessLog | None = None) -> tornado.web.Application:
     """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub)."""
-    deps = {"core": core}
+    deps = {"core": core, "access": access}
     routes: list[Any] = [
         (r"/v2/health/(live|ready)", handlers.HealthHandler, deps),
         (r"/v2/?", handlers.ServerMetadataHandler, deps),
@@ -25,6 +27,8 @@ def make_app(core: Any, max_body_size: int = 0) -> tornado.web.Application:
             handlers.RepositoryModelHandler,
             deps,
         ),
+        (r"/v2/models/stats", handlers.ModelStatisticsHandler, deps),
+        (_MODEL + r"/stats", handlers.ModelStatisticsHandler, deps),
         (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
         (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
         (_MODEL + r"/infer", handlers.InferHandler, {**deps, "max_body_size": max_body_size}),
@@ -36,3 +40,20 @@ def make_app(core: Any, max_body_size: int = 0) -> tornado.web.Application:
         default_handler_args=deps,
         compress_response=False,
     )
+
+
+class _MetricsHandler(tornado.web.RequestHandler):
+    """``GET /metrics``: Prometheus text, computed from the statistics at scrape time."""
+
+    def initialize(self, render: Callable[[], tuple[bytes, str]]) -> None:
+        self._render = render
+
+    def get(self) -> None:
+        body, content_type = self._render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+def make_metrics_app(render: Callable[[], tuple[bytes, str]]) -> tornado.web.Application:
+    """The metrics listener's application (Triton serves ``/metrics`` on its own port, 8002)."""
+    return tornado.web.Application([(r"/metrics", _MetricsHandler, {"render": render})])

@@ -17,6 +17,7 @@ import tornado.web
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
+from v2server.access_log import AccessLog
 from v2server.datatypes import from_config_type
 from v2server.errors import InvalidRequest, V2Error, http_status
 from v2server.rest_api.compression import compress, decode_body, negotiate_encoding
@@ -36,6 +37,7 @@ __all__ = [
     "ModelConfigHandler",
     "ModelMetadataHandler",
     "ModelReadyHandler",
+    "ModelStatisticsHandler",
     "NotFoundHandler",
     "RepositoryIndexHandler",
     "RepositoryModelHandler",
@@ -48,9 +50,17 @@ log = logging.getLogger(__name__)
 class _V2Handler(tornado.web.RequestHandler):
     """Common plumbing: the core from the route table, JSON errors, JSON responses."""
 
-    def initialize(self, core: Any, max_body_size: int = 0) -> None:
+    def initialize(self, core: Any, max_body_size: int = 0, access: AccessLog | None = None) -> None:
         self.core = core
         self.max_body_size = max_body_size
+        self._access = access
+        self._record = access.begin("http", f"{self.request.method} {self.request.path}") if access else None
+
+    def finish(self, chunk: Any = None) -> Any:
+        """Writes the access-log line as the answer goes out (on_finish would race the client reading it)."""
+        if self._access is not None and self._record is not None and not self._finished:
+            self._access.end(self._record, str(self.get_status()), int(self.request.request_time() * 1e9))
+        return super().finish(chunk)
 
     def write_status(self, ok: bool) -> None:
         """Health-style answers: 200 or 400 with an empty body (Content-Type as Triton sends it)."""
@@ -125,6 +135,14 @@ class ModelConfigHandler(_V2Handler):
     async def get(self, name: str, version: str | None) -> None:
         response = await self.core.ModelConfig(pb.ModelConfigRequest(name=name, version=version or ""))
         self.write_json(message_to_json(response.config))
+
+
+class ModelStatisticsHandler(_V2Handler):
+    """``GET /v2/models/stats`` (all models) and ``/v2/models/{m}[/versions/{v}]/stats``."""
+
+    async def get(self, name: str | None = None, version: str | None = None) -> None:
+        request = pb.ModelStatisticsRequest(name=name or "", version=version or "")
+        self.write_json(message_to_json(await self.core.ModelStatistics(request), with_defaults=True))
 
 
 class RepositoryIndexHandler(_V2Handler):

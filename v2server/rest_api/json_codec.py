@@ -426,30 +426,39 @@ def json_to_parameters(
         target[key].CopyFrom(param)
 
 
-def message_to_json(message: Message) -> dict[str, Any]:
+def message_to_json(message: Message, with_defaults: bool = False) -> dict[str, Any]:
     """A protobuf message as JSON-ready values, the way Triton renders its messages.
 
     Like ``MessageToDict(preserving_proto_field_name=True)`` (fields at their default left out, oneofs as
     set, enums by name, maps as objects) but with 64-bit integers as numbers, not strings: Triton returns
-    ``"dims":[16]`` and ``"max_batch_size":16``, and clients index those numbers.
+    ``"dims":[16]`` and ``"max_batch_size":16``, and clients index those numbers. ``with_defaults`` also
+    renders fields at their default (Triton's statistics show ``{"count":0,"ns":0}``, not nothing).
     """
-    return {descriptor.name: _field_to_json(descriptor, value) for descriptor, value in message.ListFields()}
+    if not with_defaults:
+        fields = message.ListFields()
+    else:
+        fields = [
+            (d, getattr(message, d.name))
+            for d in message.DESCRIPTOR.fields
+            if d.containing_oneof is None or message.WhichOneof(d.containing_oneof.name) == d.name
+        ]
+    return {d.name: _field_to_json(d, value, with_defaults) for d, value in fields}
 
 
-def _field_to_json(descriptor: FieldDescriptor, value: Any) -> Any:
+def _field_to_json(descriptor: FieldDescriptor, value: Any, with_defaults: bool) -> Any:
     entry = descriptor.message_type
     if entry is not None and entry.GetOptions().map_entry:
         value_field = entry.fields_by_name["value"]
-        return {_map_key(key): _value_to_json(value_field, item) for key, item in value.items()}
+        return {_map_key(key): _value_to_json(value_field, item, with_defaults) for key, item in value.items()}
     if descriptor.is_repeated:
-        return [_value_to_json(descriptor, item) for item in value]
-    return _value_to_json(descriptor, value)
+        return [_value_to_json(descriptor, item, with_defaults) for item in value]
+    return _value_to_json(descriptor, value, with_defaults)
 
 
-def _value_to_json(descriptor: FieldDescriptor, value: Any) -> Any:
+def _value_to_json(descriptor: FieldDescriptor, value: Any, with_defaults: bool) -> Any:
     kind = descriptor.type
     if kind == FieldDescriptor.TYPE_MESSAGE:
-        return message_to_json(value)
+        return message_to_json(value, with_defaults)
     if kind == FieldDescriptor.TYPE_ENUM:
         enum_value = descriptor.enum_type.values_by_number.get(value)
         return enum_value.name if enum_value is not None else value
