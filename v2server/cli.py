@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from v2server.auth import read_keys
 from v2server.errors import V2Error
 from v2server.settings import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Settings
 from v2server.statistics import DEFAULT_BUCKETS_US, parse_buckets
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     flag("--metrics-port", type=int, default=8002)
     flag("--metrics-config", action="append", default=[], metavar="KEY=VALUE",
          help="histogram_latency_buckets=100,500,1000 (microseconds) sets the latency histograms' buckets")
+    flag("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
+         help="require this API key (repeatable; also V2SERVER_API_KEYS, comma-separated)")
+    flag("--api-keys-file", type=Path, metavar="FILE", help="API keys, one per line ('#' comments)")
+    flag("--cors-allow-origin", dest="cors_allow_origins", action="append", default=[], metavar="ORIGIN",
+         help="allow browser calls from ORIGIN (repeatable, '*' for any)")
     flag("--log-requests", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
          help="write one access-log line per request")
     flag("--log-format", choices=("text", "json", "default", "ISO8601"), default="text",
@@ -101,7 +107,13 @@ def parse_settings(argv: Sequence[str]) -> Settings:
                 parser.error(f"--metrics-config {item}: {exc}")
         else:
             log.warning("ignoring unsupported --metrics-config %s", item)
+    try:
+        api_keys = read_keys(args.api_keys, args.api_keys_file)
+    except OSError as exc:
+        parser.error(f"--api-keys-file: {exc}")
     return Settings(
+        api_keys=api_keys,
+        cors_allow_origins=tuple(args.cors_allow_origins),
         model_repositories=tuple(args.model_repositories),
         server_name=args.server_name,
         http_address=args.http_address,

@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
+from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
 from v2server.errors import ModelLoadError
 from v2server.grpc_api import create_grpc_server, set_serving
@@ -84,6 +85,7 @@ class V2Server:
             settings.latency_buckets_us,
         )
         self.access = AccessLog(settings.log_format) if settings.log_requests else None
+        self.keys = ApiKeys(settings.api_keys)
         self.core = DataPlane(
             self.registry, settings.server_name, settings.strict_readiness, settings.model_control_mode
         )
@@ -91,16 +93,19 @@ class V2Server:
     async def start(self) -> None:
         """Listen, load the models, then report ready."""
         settings = self.settings
+        self.keys.announce()
         if settings.allow_grpc:
             self._grpc, self.grpc_port, self._health = create_grpc_server(
-                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size, self.access
+                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size, self.access,
+                self.keys,
             )
             await set_serving(self._health, False)
             await self._grpc.start()
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
         if settings.allow_http:
             self._rest = RestGateway(
-                make_app(self.core, settings.http_max_body_size, self.access), settings.http_address,
+                make_app(self.core, settings.http_max_body_size, self.access, self.keys, settings.cors_allow_origins),
+                settings.http_address,
                 settings.http_port, settings.http_max_body_size,
             )
             self.http_port = self._rest.start()
@@ -185,7 +190,8 @@ async def serve(settings: Settings) -> None:
         channel, stub = grpc_core_stub(settings.grpc_target, settings.grpc_max_message_size)
         access = AccessLog(settings.log_format) if settings.log_requests else None
         gateway = RestGateway(
-            make_app(stub, settings.http_max_body_size, access), settings.http_address, settings.http_port,
+            make_app(stub, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins),
+            settings.http_address, settings.http_port,
             settings.http_max_body_size,
         )
         port = gateway.start()

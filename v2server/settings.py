@@ -32,6 +32,10 @@ class Settings:
     #: upper bounds (microseconds) of the latency histograms' buckets
     latency_buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US
     #: write one access-log line per request
+    #: API keys; when any is set, every route but health needs one
+    api_keys: tuple[str, ...] = ()
+    #: origins allowed by CORS ("*" for any); empty: CORS off
+    cors_allow_origins: tuple[str, ...] = ()
     log_requests: bool = False
     log_format: Literal["text", "json"] = "text"
     allow_http: bool = True

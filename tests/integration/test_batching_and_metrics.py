@@ -182,3 +182,38 @@ def test_access_log_lines(server: RunningServer, caplog: pytest.LogCaptureFixtur
     assert grpc_line["batch_size"] == 1 and grpc_line["compute_us"] > 0
     http_line = next(r for r in records if r["protocol"] == "http" and "/nope/" in r["route"])
     assert http_line["status"] == "404"
+
+
+def _wait_for(condition, seconds: float = 3.0) -> bool:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_cancelled_requests_free_their_queued_work(server: RunningServer) -> None:
+    """A queued request (the batch waits up to 5 s for more) disappears when its client gives up."""
+    import socket
+
+    batcher = server.server.registry.get("batched").batcher
+    assert batcher is not None and batcher.queued == 0
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    host, port = server.http_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            f"POST /v2/models/batched/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        assert _wait_for(lambda: batcher.queued == 1)
+    assert _wait_for(lambda: batcher.queued == 0), "the HTTP client's queued request was not dropped"
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(_rows(1.0))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("batched", [tensor], client_timeout=0.5)
+        assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert _wait_for(lambda: batcher.queued == 0), "the gRPC client's queued request was not dropped"
+        assert client.is_server_ready()

@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 
 from v2server.access_log import AccessLog
-from v2server.errors import V2Error
+from v2server.auth import OPEN_RPCS, ApiKeys
+from v2server.errors import Unauthenticated, V2Error
 
 __all__ = ["ErrorInterceptor"]
 
@@ -71,6 +72,23 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, access: AccessLog | None)
     return handler
 
 
+def _refuse(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED before doing anything."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - abort raises; this makes the function an async generator
+
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ``V2Error`` into its status code and anything else into INTERNAL (logged with its traceback),
     and writes the access log when one is given (unary RPCs; a stream is one entry of its own requests' work).
@@ -78,9 +96,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     Wrapped handlers are built once per method and cached, so a call pays one dict lookup.
     """
 
-    def __init__(self, access: AccessLog | None = None) -> None:
+    def __init__(self, access: AccessLog | None = None, keys: ApiKeys | None = None) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self._access = access
+        self._keys = keys if keys is not None and keys.enabled else None
 
     async def intercept_service(
         self,
@@ -94,4 +113,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             if handler is None:
                 return handler
             wrapped = self._wrapped[method] = _wrap(handler, method, self._access)
+        if self._keys is not None and method not in OPEN_RPCS:
+            metadata = dict(handler_call_details.invocation_metadata or ())
+            try:
+                self._keys.check(metadata.get("authorization"))
+            except Unauthenticated as exc:
+                return _refuse(wrapped, exc.message)
         return wrapped

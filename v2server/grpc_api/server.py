@@ -7,6 +7,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
+from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
 from v2server.grpc_api.interceptor import ErrorInterceptor
 from v2server.grpc_api.servicer import InferenceServicer
@@ -17,11 +18,16 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def create_grpc_server(
-    core: DataPlane, address: str, port: int, max_message_size: int, access: AccessLog | None = None
+    core: DataPlane,
+    address: str,
+    port: int,
+    max_message_size: int,
+    access: AccessLog | None = None,
+    keys: ApiKeys | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server bound to ``address:port`` (0: any free port); returns it, the bound port and health."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(access)],
+        interceptors=[ErrorInterceptor(access, keys)],
         options=[
             ("grpc.max_send_message_length", max_message_size),
             ("grpc.max_receive_message_length", max_message_size),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import tornado.web
 
 from v2server.access_log import AccessLog
+from v2server.auth import ApiKeys
 from v2server.rest_api import handlers
 
 __all__ = ["make_app", "make_metrics_app"]
@@ -15,9 +16,20 @@ __all__ = ["make_app", "make_metrics_app"]
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
 
 
-def make_app(core: Any, max_body_size: int = 0, access: AccessLog | None = None) -> tornado.web.Application:
+def make_app(
+    core: Any,
+    max_body_size: int = 0,
+    access: AccessLog | None = None,
+    keys: ApiKeys | None = None,
+    cors_origins: Iterable[str] = (),
+) -> tornado.web.Application:
     """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub)."""
-    deps = {"core": core, "access": access}
+    deps = {
+        "core": core,
+        "access": access,
+        "keys": keys if keys is not None and keys.enabled else None,
+        "cors_origins": frozenset(cors_origins),
+    }
     routes: list[Any] = [
         (r"/v2/health/(live|ready)", handlers.HealthHandler, deps),
         (r"/v2/?", handlers.ServerMetadataHandler, deps),

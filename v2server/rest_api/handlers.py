@@ -7,8 +7,10 @@ to ``{"error": ...}`` exactly once, in ``write_error``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ import tornado.web
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.access_log import AccessLog
+from v2server.auth import ApiKeys
 from v2server.datatypes import from_config_type
 from v2server.errors import InvalidRequest, V2Error, http_status
 from v2server.rest_api.compression import compress, decode_body, negotiate_encoding
@@ -48,13 +51,62 @@ log = logging.getLogger(__name__)
 
 
 class _V2Handler(tornado.web.RequestHandler):
-    """Common plumbing: the core from the route table, JSON errors, JSON responses."""
+    """Common plumbing: the core from the route table, API keys, CORS, JSON errors, JSON responses."""
 
-    def initialize(self, core: Any, max_body_size: int = 0, access: AccessLog | None = None) -> None:
+    #: health routes stay open to probes when API keys are set
+    needs_key = True
+
+    def initialize(
+        self,
+        core: Any,
+        max_body_size: int = 0,
+        access: AccessLog | None = None,
+        keys: ApiKeys | None = None,
+        cors_origins: frozenset[str] = frozenset(),
+    ) -> None:
         self.core = core
         self.max_body_size = max_body_size
         self._access = access
+        self._keys = keys
+        self._cors_origins = cors_origins
+        self._work: asyncio.Future[Any] | None = None
         self._record = access.begin("http", f"{self.request.method} {self.request.path}") if access else None
+        self.set_default_headers()  # Tornado set them before initialize(); error paths set them again
+
+    def prepare(self) -> None:
+        self.check_key()
+
+    def check_key(self) -> None:
+        if self.needs_key and self._keys is not None and self.request.method != "OPTIONS":
+            self._keys.check(self.request.headers.get("Authorization"))
+
+    def set_default_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        allowed: frozenset[str] = getattr(self, "_cors_origins", frozenset())
+        if origin and ("*" in allowed or origin in allowed):
+            self.set_header("Access-Control-Allow-Origin", "*" if "*" in allowed else origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+            self.set_header(
+                "Access-Control-Allow-Headers",
+                f"Authorization, Content-Type, Content-Encoding, Accept-Encoding, {HEADER_LENGTH}",
+            )
+            self.set_header("Access-Control-Expose-Headers", f"Content-Encoding, {HEADER_LENGTH}")
+            self.set_header("Access-Control-Max-Age", "600")
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """CORS preflight: the headers are set by ``set_default_headers``."""
+        self.set_status(204)
+        self.finish()
+
+    async def run_core(self, call: Awaitable[Any]) -> Any:
+        """Await a core call; a client that disconnects cancels it, which frees its queued work."""
+        self._work = asyncio.ensure_future(call)
+        return await self._work
+
+    def on_connection_close(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
 
     def finish(self, chunk: Any = None) -> Any:
         """Writes the access-log line as the answer goes out (on_finish would race the client reading it)."""
@@ -100,11 +152,14 @@ class NotFoundHandler(_V2Handler):
     """Unknown paths: 404 with a JSON body, like every other error."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise tornado.web.HTTPError(404, "no route for %s %s", self.request.method, self.request.path)
 
 
 class HealthHandler(_V2Handler):
     """``/v2/health/live`` and ``/ready``: 200 or 400 with an empty body, as Triton answers."""
+
+    needs_key = False
 
     async def get(self, which: str) -> None:
         if which == "live":
@@ -182,6 +237,8 @@ class InferHandler(_V2Handler):
     """``POST .../infer``: JSON, Triton's binary extension, compression; the body size is capped up front."""
 
     def prepare(self) -> None:
+        # The key is checked in post(), once the body is read: refusing before would leave the client's
+        # body unread and the connection reset under it.
         self._chunks: list[bytes] = []
         self._received = 0
         declared = self.request.headers.get("Content-Length")
@@ -201,6 +258,7 @@ class InferHandler(_V2Handler):
         )
 
     async def post(self, name: str, version: str | None) -> None:
+        self.check_key()
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         body = decode_body(body, self.request.headers.get("Content-Encoding"), self.max_body_size)
         header_length = self._header_length()
@@ -208,7 +266,12 @@ class InferHandler(_V2Handler):
             request, options = await self._raw_binary_request(name, version or "", body)
         else:
             request, options = parse_infer_request(name, version or "", body, header_length)
-        response = await self.core.ModelInfer(request)
+        try:
+            response = await self.run_core(self.core.ModelInfer(request))
+        except asyncio.CancelledError:
+            if self.request.connection is None or self._work is None or not self._work.cancelled():
+                raise
+            return  # the client went away; its work was dropped and there is no one to answer
         payload, json_length = render_infer_response(response, options)
         if json_length is not None:
             self.set_header(HEADER_LENGTH, str(json_length))
