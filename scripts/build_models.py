@@ -23,7 +23,10 @@ Models:
 * ``simple_identity``: returns its variable-length string input.
 * ``mlp``: a small seeded FP32 classifier (784 -> 128 -> 10) with dynamic batching.
 * ``example_doubler``, ``example_dict_doubler``, ``example_adder``: scripted *functions* (not modules) taking
-  Python scalars or a dict, which load back as modules whose ``forward`` is the function.
+  Python scalars or a dict, which load back as modules whose ``forward`` is the function. The dict argument
+  travels as one BYTES element holding a JSON object.
+* ``sentiment``: a tiny deterministic text classifier (embedding, mean-pool under ``attention_mask``, linear)
+  from INT64 ``input_ids`` and ``attention_mask`` ``[-1]`` to two FP32 ``logits``, ``max_batch_size: 8``.
 """
 
 from __future__ import annotations
@@ -107,6 +110,22 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output(torch.relu(self.hidden(x)))
+
+
+class Sentiment(nn.Module):
+    """Token ids (hashed into a small vocabulary) -> embeddings -> masked mean -> 2 logits."""
+
+    def __init__(self, vocabulary: int = 1024, width: int = 16) -> None:
+        super().__init__()
+        self.vocabulary = vocabulary
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.classifier = nn.Linear(width, 2)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        embedded = self.embedding(torch.remainder(input_ids, self.vocabulary))
+        mask = attention_mask.to(embedded.dtype).unsqueeze(-1)
+        pooled = (embedded * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.classifier(pooled)
 
 
 def doubler(foo: int) -> int:
@@ -218,11 +237,11 @@ MODELS: tuple[ModelSpec, ...] = (
         name="example_dict_doubler",
         build=lambda: torch.jit.script(dict_doubler),
         max_batch_size=0,
-        inputs=(TensorSpec("d", "TYPE_INT64", (1,)),),
+        inputs=(TensorSpec("d", "TYPE_STRING", (1,)),),
         outputs=_SCALAR_OUT,
         comments=(
-            "forward takes Dict[str, int], which has no V2 tensor form: V2 infer answers INVALID_ARGUMENT;",
-            'the /v1 route takes {"data": {"value": 10}}. The input below is what V2 metadata can describe.',
+            "forward takes Dict[str, int]: input d is one BYTES element holding a JSON object such as",
+            '{"value": 10}; the /v1 route takes {"data": {"value": 10}} and sends that JSON.',
         ),
     ),
     ModelSpec(
@@ -231,6 +250,13 @@ MODELS: tuple[ModelSpec, ...] = (
         max_batch_size=0,
         inputs=tuple(TensorSpec(name, "TYPE_INT64", (1,)) for name in ("a", "b", "c")),
         outputs=_SCALAR_OUT,
+    ),
+    ModelSpec(
+        name="sentiment",
+        build=lambda: torch.jit.script(Sentiment().eval()),
+        max_batch_size=8,
+        inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1,)), TensorSpec("attention_mask", "TYPE_INT64", (-1,))),
+        outputs=(TensorSpec("logits", "TYPE_FP32", (2,)),),
     ),
 )
 

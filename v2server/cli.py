@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     flag("--grpc-max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES")
     flag("--http-max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES",
          help="largest REST request body; larger ones get 413")
+    flag("--default-model", default="", metavar="NAME",
+         help="the model POST /predict serves (default: the only model in the repository)")
     flag("--grpc-target", default="", metavar="HOST:PORT",
          help="gateway mode ('v2server gateway'): forward REST requests to this gRPC core")
     flag("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
@@ -138,6 +140,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         grpc_max_message_size=args.grpc_max_message_size,
         http_max_body_size=args.http_max_body_size,
         grpc_target=args.grpc_target,
+        default_model=args.default_model,
         shutdown_grace_seconds=args.exit_timeout_secs,
     )
 

@@ -239,6 +239,21 @@ class DataPlane:
                 "start the server with --model-control-mode=explicit"
             )
 
+    # -- version aliases: no RPC carries them; the REST /v1 routes call these on the in-process core ---------
+
+    def resolve_alias(self, name: str, alias: str) -> str:
+        """The version string ``alias`` of model ``name`` points to now (unknown alias: ModelNotFound)."""
+        return self._registry.resolve_alias(name, alias)
+
+    def model_aliases(self, name: str) -> dict[str, int]:
+        return self._registry.aliases(name)
+
+    async def set_model_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
+        return await self._registry.set_alias(name, alias, version)
+
+    async def delete_model_alias(self, name: str, alias: str) -> dict[str, int]:
+        return await self._registry.delete_alias(name, alias)
+
     SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")

@@ -33,6 +33,7 @@ from v2server.repository import (
     read_raw_config,
     select_versions,
 )
+from v2server.repository.aliases import check_alias_name, read_aliases, write_aliases
 from v2server.repository.autocomplete import autocomplete_config, default_config
 from v2server.signature import Signature
 from v2server.statistics import DEFAULT_BUCKETS_US, VersionStatistics
@@ -169,6 +170,8 @@ class Registry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._fingerprints: dict[str, object] = {}
         self._upload_dirs: dict[str, Path] = {}
+        self._model_dirs: dict[str, Path] = {}
+        self._aliases: dict[str, dict[str, int]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     # -- lookups (hot path: plain dict reads) -------------------------------------------------------------
@@ -215,6 +218,51 @@ class Registry:
             rows.extend(self._status.get(name) or [ModelStatus(name, 0, ModelState.UNAVAILABLE, "not loaded")])
         return rows
 
+    # -- version aliases (persisted in <model>/aliases.json) ------------------------------------------------
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of a served model, by name."""
+        self.get(name)
+        return dict(sorted(self._aliases.get(name, {}).items()))
+
+    def resolve_alias(self, name: str, alias: str) -> str:
+        """The version ``alias`` points to now, as a version string for one request."""
+        self.get(name)
+        version = self._aliases.get(name, {}).get(alias)
+        if version is None:
+            raise ModelNotFound(f"model '{name}' has no version or alias '{alias}'")
+        if version not in self._handles.get(name, {}):
+            raise ModelNotFound(
+                f"alias '{alias}' of model '{name}' points to version {version}, which is not being served"
+            )
+        return str(version)
+
+    async def set_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
+        """Point ``alias`` at a served ``version`` (saved before it takes effect); returns every alias."""
+        check_alias_name(alias)
+        async with self._lock(name):
+            served = self.ready_versions(name) if self.get(name) else []
+            if version not in served:
+                raise InvalidRequest(
+                    f"alias '{alias}': model '{name}' has no version {version} being served (serving {served})"
+                )
+            return await self._save_aliases(name, {**self._aliases.get(name, {}), alias: version})
+
+    async def delete_alias(self, name: str, alias: str) -> dict[str, int]:
+        """Remove ``alias``; returns the remaining aliases."""
+        async with self._lock(name):
+            aliases = dict(self._aliases.get(name, {}))
+            if self.get(name) and aliases.pop(alias, None) is None:
+                raise ModelNotFound(f"model '{name}' has no alias '{alias}'")
+            return await self._save_aliases(name, aliases)
+
+    async def _save_aliases(self, name: str, aliases: dict[str, int]) -> dict[str, int]:
+        model_dir = self._model_dirs.get(name)
+        if model_dir is not None:
+            await asyncio.to_thread(write_aliases, model_dir, aliases)
+        self._aliases[name] = aliases  # a new dict: a request resolving now sees the old mapping or this one
+        return dict(sorted(aliases.items()))
+
     # -- load, unload, poll -------------------------------------------------------------------------------
 
     async def load_all(self, names: Sequence[str] | None = None) -> list[ModelStatus]:
@@ -258,6 +306,9 @@ class Registry:
                 return list(statuses)
             self._handles[name] = handles
             self._status[name] = statuses
+            if model_dir is not None and handles:
+                self._model_dirs[name] = model_dir
+                self._aliases[name] = await asyncio.to_thread(read_aliases, model_dir)
             self._retire(old.values(), self._upload_dirs.pop(name, None))
             if upload_dir is not None:
                 self._upload_dirs[name] = upload_dir

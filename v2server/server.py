@@ -104,7 +104,10 @@ class V2Server:
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
         if settings.allow_http:
             self._rest = RestGateway(
-                make_app(self.core, settings.http_max_body_size, self.access, self.keys, settings.cors_allow_origins),
+                make_app(
+                    self.core, settings.http_max_body_size, self.access, self.keys, settings.cors_allow_origins,
+                    default_model=settings.default_model,
+                ),
                 settings.http_address,
                 settings.http_port, settings.http_max_body_size,
             )
@@ -190,7 +193,10 @@ async def serve(settings: Settings) -> None:
         channel, stub = grpc_core_stub(settings.grpc_target, settings.grpc_max_message_size)
         access = AccessLog(settings.log_format) if settings.log_requests else None
         gateway = RestGateway(
-            make_app(stub, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins),
+            make_app(
+                stub, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins,
+                default_model=settings.default_model,
+            ),
             settings.http_address, settings.http_port,
             settings.http_max_body_size,
         )

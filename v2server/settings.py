@@ -52,6 +52,8 @@ class Settings:
     grpc_max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: largest REST request body; bigger ones get 413 before they are read
     http_max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: the model ``POST /predict`` serves ("" : the only model in the repository)
+    default_model: str = ""
     #: gateway mode: the REST gateway forwards to the gRPC core at this HOST:PORT instead of serving models
     grpc_target: str = ""
     #: seconds in-flight requests get to finish on SIGTERM before the server stops anyway

@@ -59,14 +59,20 @@ def _simple_inputs(module):  # type: ignore[no-untyped-def]
         ("POST", "/v2/repository/index", b""),
         ("POST", "/v2/repository/models/simple/load", b""),
         ("GET", "/v2/no/such/route", None),
+        ("POST", "/v1/simple/latest", b'{"data": []}'),
+        ("GET", "/v1/simple/aliases", None),
+        ("PUT", "/v1/simple/aliases/official", b'{"version": 1}'),
+        ("POST", "/predict", b"{}"),
+        ("POST", "/models/simple/predict", b"{}"),
     ],
 )
 def test_every_rest_route_but_health_needs_a_key(secured: RunningServer, method: str, path: str,
                                                  body: bytes | None) -> None:
+    field = "detail" if path.endswith("predict") else "error"  # /predict answers errors as {"detail": ...}
     status, _, payload = _http(secured, method, path, body=body)
-    assert status == 401 and "API key" in json.loads(payload)["error"]
+    assert status == 401 and "API key" in json.loads(payload)[field]
     status, _, payload = _http(secured, method, path, {"Authorization": "Bearer wrong"}, body)
-    assert status == 401 and json.loads(payload)["error"] == "invalid API key"
+    assert status == 401 and json.loads(payload)[field] == "invalid API key"
     for header in (f"Bearer {KEY}", KEY, "bearer other-key"):
         status, _, _ = _http(secured, method, path, {"Authorization": header}, body)
         assert status != 401

@@ -329,8 +329,13 @@ def test_unknown_model_and_version(client: grpcclient.InferenceServerClient) -> 
     assert version.status() == "StatusCode.NOT_FOUND" and "version 9" in version.message()
 
 
-def test_dict_argument_has_no_v2_form(client: grpcclient.InferenceServerClient) -> None:
+def test_dict_argument_takes_json_in_bytes(client: grpcclient.InferenceServerClient) -> None:
+    text = np.array([b'{"value": 10}'], dtype=object)
+    assert client.infer("example_dict_doubler", [_input("d", text, "BYTES")]).as_numpy("OUTPUT__0").tolist() == [20]
     error = _request_error(client, "example_dict_doubler", [_input("d", np.array([10], np.int64), "INT64")])
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert error.message() == "input 'd': expected datatype BYTES, got INT64"
+    error = _request_error(client, "example_dict_doubler", [_input("d", np.array([b"[10]"], dtype=object), "BYTES")])
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "Dict[str, int]" in error.message()
 
 

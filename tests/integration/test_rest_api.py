@@ -137,7 +137,8 @@ def test_output_subset(client: httpclient.InferenceServerClient) -> None:
         ("simple", lambda: _simple_inputs(batch=9)[2], "400", "batch size 9"),
         ("failing", lambda: [_input("INPUT0", np.array([[-1.0]], np.float32), "FP32")], "500",
          "negative input is not allowed"),
-        ("example_dict_doubler", lambda: [_input("d", np.array([1], np.int64), "INT64")], "400", "Dict[str, int]"),
+        ("example_dict_doubler", lambda: [_input("d", np.array([b"[1]"], dtype=object), "BYTES")], "400",
+         "Dict[str, int]"),
     ],
     ids=["unknown-model", "missing-input", "datatype", "batch", "model-raises", "dict-argument"],
 )

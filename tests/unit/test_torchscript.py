@@ -184,16 +184,47 @@ async def test_scalar_argument(load: Load) -> None:
 
 class IntDict(torch.nn.Module):
     def forward(self, x: torch.Tensor, options: dict[str, int]) -> torch.Tensor:
+        return x * options["scale"]
+
+
+class IntList(torch.nn.Module):
+    def forward(self, x: torch.Tensor, options: list[int]) -> torch.Tensor:
         return x
 
 
 async def test_argument_no_tensor_can_carry(load: Load) -> None:
-    instance = load(IntDict(), _io("input", "x:INT32:1", "options:INT32:1") + _io("output", "OUT:INT32:1"))
+    instance = load(IntList(), _io("input", "x:INT32:1", "options:INT32:1") + _io("output", "OUT:INT32:1"))
     with pytest.raises(InvalidRequest) as caught:
         await instance.execute([_tensor("x", "INT32", [1]), _tensor("options", "INT32", [1])], ["OUT"], 0)
     assert caught.value.message == (
-        "model 'm': forward argument 'options' is Dict[str, int], which no V2 tensor can carry"
+        "model 'm': forward argument 'options' is List[int], which no V2 tensor can carry"
     )
+
+
+def _json(name: str, text: bytes) -> Tensor:
+    return from_raw(name, "BYTES", [1], serialize_bytes(np.array([text], dtype=object)))
+
+
+async def test_dict_argument_takes_a_json_object(load: Load) -> None:
+    instance = load(IntDict(), _io("input", "x:INT32:1", "options:STRING:1") + _io("output", "OUT:INT32:1"))
+    x = _tensor("x", "INT32", [1])
+    result = await instance.execute([x, _json("options", b'{"scale": 3}')], ["OUT"], 0)
+    np.testing.assert_array_equal(result[0].array, x.array * 3)
+    where = "input 'options': forward argument 'options' is Dict[str, int]"
+    cases = {
+        b"[1]": f"{where}, but the element holds a JSON list, not an object",
+        b"{": f"{where}, but the element is not valid JSON",
+        b'{"scale": "3"}': f"{where}: the value of key 'scale' is \"3\", not int",
+        b'{"scale": 1.5}': f"{where}: the value of key 'scale' is 1.5, not int",
+        b'{"scale": true}': f"{where}: the value of key 'scale' is true, not int",
+    }
+    for text, message in cases.items():
+        with pytest.raises(InvalidRequest) as caught:
+            await instance.execute([x, _json("options", text)], ["OUT"], 0)
+        assert caught.value.message.startswith(message), caught.value.message
+    with pytest.raises(InvalidRequest) as caught:
+        await instance.execute([x, _tensor("options", "INT32", [1])], ["OUT"], 0)
+    assert caught.value.message == f"{where}, which takes one BYTES element holding a JSON object, not INT32"
 
 
 class Identity(torch.nn.Module):

@@ -2,7 +2,8 @@
 
 Inputs bind to ``forward`` arguments as Triton's PyTorch backend binds them: by argument name when every
 input is named like an argument, else by the ``<name>__<index>`` suffix, else by config order; a single
-``Dict[str, Tensor]`` argument receives all inputs by name. Outputs map from a tensor, a tuple or list
+``Dict[str, Tensor]`` argument receives all inputs by name; a ``Dict[str, int|float|str|bool]`` argument takes one
+BYTES element holding a JSON object (see ``_arguments``). Outputs map from a tensor, a tuple or list
 (``OUTPUT__<index>`` or config order), a ``Dict[str, Tensor]`` (by key), a ``List[str]`` (BYTES) or a scalar.
 
 On the CPU, request bytes become tensors without a copy. On a GPU, each instance has its own CUDA stream:
@@ -19,18 +20,18 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from v2server.backends._arguments import ArgKind, Argument, Move, arg_kind, convert_argument, to_torch
 from v2server.backends._execution import ExecutionOptions, PinnedStaging, cuda_oom_summary, is_cuda_oom
-from v2server.errors import InferenceFailed, InvalidRequest, ModelLoadError
+from v2server.errors import InferenceFailed, ModelLoadError
 from v2server.signature import Signature, TensorSpec
 from v2server.tensors import Tensor
 
@@ -38,7 +39,7 @@ __all__ = ["StageTimes", "TorchScriptInstance", "load_instance"]
 
 log = logging.getLogger(__name__)
 
-_Move = Callable[[torch.Tensor], torch.Tensor]
+_Move = Move
 
 # Request bytes reach the model without a copy; models must not write into their inputs.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
@@ -46,49 +47,15 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 _INDEXED_NAME = re.compile(r".*__(\d+)$")
 
 
-class _ArgKind(Enum):
-    TENSOR = "Tensor"
-    STRINGS = "List[str]"
-    INT = "int"
-    FLOAT = "float"
-    BOOL = "bool"
-    STR = "str"
-    TENSOR_DICT = "Dict[str, Tensor]"
-    OTHER = "other"
-
-
-def _arg_kind(type_: Any) -> _ArgKind:
-    text = str(type_)
-    if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional[") : -1]
-    return {
-        "Tensor": _ArgKind.TENSOR,
-        "List[str]": _ArgKind.STRINGS,
-        "int": _ArgKind.INT,
-        "float": _ArgKind.FLOAT,
-        "bool": _ArgKind.BOOL,
-        "str": _ArgKind.STR,
-        "Dict[str, Tensor]": _ArgKind.TENSOR_DICT,
-    }.get(text, _ArgKind.OTHER)
-
-
-@dataclass(frozen=True, slots=True)
-class _Argument:
-    name: str
-    kind: _ArgKind
-    type_text: str
-    optional: bool
-
-
 class _Binding:
     """How config inputs become ``forward`` arguments and results become config outputs (computed once)."""
 
-    def __init__(self, signature: Signature, arguments: Sequence[_Argument]) -> None:
+    def __init__(self, signature: Signature, arguments: Sequence[Argument]) -> None:
         self.signature = signature
         self.arguments = list(arguments)
         inputs = list(signature.inputs)
         names = [a.name for a in self.arguments]
-        self.dict_argument = len(self.arguments) == 1 and self.arguments[0].kind is _ArgKind.TENSOR_DICT
+        self.dict_argument = len(self.arguments) == 1 and self.arguments[0].kind is ArgKind.TENSOR_DICT
         if self.dict_argument:
             self.slots: dict[str, int] = {}
         elif all(name in names for name in inputs):
@@ -118,11 +85,11 @@ class _Binding:
     def call_arguments(self, inputs: Sequence[Tensor], batch_size: int, to_device: _Move) -> list[Any]:
         """``forward``'s positional arguments for one request; ``to_device`` places each tensor argument."""
         if self.dict_argument:
-            return [{t.name: _to_torch(t, self.signature.inputs[t.name], batch_size, to_device) for t in inputs}]
+            return [{t.name: to_torch(t, self.signature.inputs[t.name], batch_size, to_device) for t in inputs}]
         values: list[Any] = [None] * len(self.arguments)
         for tensor in inputs:
             slot = self.slots[tensor.name]
-            values[slot] = _convert_argument(
+            values[slot] = convert_argument(
                 self.arguments[slot], tensor, self.signature.inputs[tensor.name], batch_size, to_device,
                 self.signature.model_name,
             )
@@ -150,61 +117,6 @@ class _Binding:
                 _from_result(values[name], spec, batch_size, self.signature.max_batch_size, model, to_host)
             )
         return tensors
-
-
-def _convert_argument(
-    argument: _Argument, tensor: Tensor, spec: TensorSpec, batch_size: int, to_device: _Move, model: str
-) -> Any:
-    kind = argument.kind
-    if kind is _ArgKind.TENSOR:
-        return _to_torch(tensor, spec, batch_size, to_device)
-    is_bytes = tensor.datatype.name == "BYTES"
-    if kind in (_ArgKind.STRINGS, _ArgKind.STR):
-        if not is_bytes:
-            raise InvalidRequest(
-                f"input '{tensor.name}': forward argument '{argument.name}' is {kind.value}, "
-                f"which takes BYTES, not {tensor.datatype.name}"
-            )
-        try:
-            strings = [item.decode("utf-8") for item in tensor.array.reshape(-1)]
-        except UnicodeDecodeError:
-            raise InvalidRequest(
-                f"input '{tensor.name}': an element is not valid UTF-8, which TorchScript {kind.value} needs"
-            ) from None
-        return strings if kind is _ArgKind.STRINGS else _single(strings, argument, tensor)
-    if kind in (_ArgKind.INT, _ArgKind.FLOAT, _ArgKind.BOOL):
-        if is_bytes:
-            raise InvalidRequest(
-                f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {kind.value}, "
-                "which a BYTES tensor cannot carry"
-            )
-        value = _single(tensor.array.reshape(-1), argument, tensor)
-        return {_ArgKind.INT: int, _ArgKind.FLOAT: float, _ArgKind.BOOL: bool}[kind](value)
-    raise InvalidRequest(
-        f"model '{model}': forward argument '{argument.name}' is {argument.type_text}, which no V2 tensor can carry"
-    )
-
-
-def _single(values: Sequence[Any], argument: _Argument, tensor: Tensor) -> Any:
-    """The one element a scalar argument takes."""
-    if len(values) != 1:
-        raise InvalidRequest(
-            f"input '{tensor.name}': forward argument '{argument.name}' is a scalar {argument.kind.value}, "
-            f"so the tensor must hold exactly one element, not {len(values)}"
-        )
-    return values[0]
-
-
-def _to_torch(tensor: Tensor, spec: TensorSpec, batch_size: int, to_device: _Move) -> torch.Tensor:
-    array = tensor.array
-    if spec.reshape is not None:
-        array = array.reshape(((batch_size,) if batch_size else ()) + spec.reshape)
-    if tensor.datatype.name == "BYTES":
-        raise InvalidRequest(f"input '{tensor.name}': BYTES cannot become a Tensor argument; use List[str]")
-    value = torch.from_numpy(array)
-    if tensor.datatype.name == "BF16":
-        value = value.view(torch.bfloat16)
-    return to_device(value)
 
 
 def _from_result(
@@ -385,11 +297,11 @@ def load_instance(
     return TorchScriptInstance(module, place, signature, label, options)
 
 
-def _forward_arguments(module: torch.jit.ScriptModule) -> list[_Argument]:
+def _forward_arguments(module: torch.jit.ScriptModule) -> list[Argument]:
     schema = module.forward.schema
     arguments = [a for a in schema.arguments if a.name != "self"]
     return [
-        _Argument(a.name, _arg_kind(a.type), str(a.type), str(a.type).startswith("Optional[")) for a in arguments
+        Argument(a.name, arg_kind(str(a.type)), str(a.type), str(a.type).startswith("Optional[")) for a in arguments
     ]
 
 

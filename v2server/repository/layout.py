@@ -55,10 +55,13 @@ def select_versions(model_dir: Path, policy: mc.ModelVersionPolicy) -> list[int]
 
 
 def fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """What polling compares between scans: every file's relative path, size and modification time."""
+    """What polling compares between scans: every file's relative path, size and modification time.
+
+    Version aliases (``aliases.json`` and its temporary files) are not part of the model and are left out.
+    """
     entries = []
     for path in sorted(model_dir.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not (path.parent == model_dir and path.name.endswith(".json") and "aliases" in path.name):
             stat = path.stat()
             entries.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)

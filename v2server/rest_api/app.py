@@ -9,7 +9,7 @@ import tornado.web
 
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
-from v2server.rest_api import handlers
+from v2server.rest_api import handlers, simple_handlers
 
 __all__ = ["make_app", "make_metrics_app"]
 
@@ -22,8 +22,11 @@ def make_app(
     access: AccessLog | None = None,
     keys: ApiKeys | None = None,
     cors_origins: Iterable[str] = (),
+    default_model: str = "",
 ) -> tornado.web.Application:
-    """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub)."""
+    """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub),
+    and beside it the simple styles ``/v1/{model}/{selector}`` and ``/predict`` (``default_model`` or the only
+    model)."""
     deps = {
         "core": core,
         "access": access,
@@ -44,7 +47,11 @@ def make_app(
         (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
         (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
         (_MODEL + r"/infer", handlers.InferHandler, {**deps, "max_body_size": max_body_size}),
-        (_MODEL, handlers.ModelMetadataHandler, deps),
+        (_MODEL, simple_handlers.ModelMetadataHandler, deps),
+        (r"/v1/(?P<name>[^/]+)/aliases(?:/(?P<alias>[^/]+))?/?", simple_handlers.AliasesHandler, deps),
+        (r"/v1/(?P<name>[^/]+)/(?P<selector>[^/]+)/?", simple_handlers.V1Handler, deps),
+        (r"/predict/?", simple_handlers.PredictHandler, {**deps, "default_model": default_model}),
+        (r"/models/(?P<name>[^/]+)/predict/?", simple_handlers.PredictHandler, {**deps, "default_model": default_model}),
     ]
     return tornado.web.Application(
         routes,

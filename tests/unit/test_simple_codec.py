@@ -1,0 +1,150 @@
+"""simple_codec: /v1 and /predict bodies <-> ModelInferRequest/Response, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from google.protobuf import text_format
+
+from v2server._proto import grpc_service_pb2 as pb
+from v2server._proto import model_config_pb2 as mc
+from v2server.datatypes import datatype
+from v2server.errors import InvalidRequest
+from v2server.rest_api.simple_codec import (
+    SimpleModel,
+    is_batch,
+    parse_alias_version,
+    parse_batch_flag,
+    parse_timeout,
+    predict_answer,
+    predict_plan,
+    selector_version,
+    v1_answer,
+    v1_plan,
+)
+from v2server.tensors import Tensor, to_raw
+
+
+def _model(text: str) -> SimpleModel:
+    return SimpleModel.from_config(text_format.Parse(text, mc.ModelConfig()))
+
+
+ADDER = _model(
+    'name: "adder" max_batch_size: 0 '
+    + " ".join(f'input {{ name: "{n}" data_type: TYPE_INT64 dims: [1] }}' for n in "abc")
+    + ' output { name: "OUTPUT__0" data_type: TYPE_INT64 dims: [1] }'
+)
+DICT = _model(
+    'name: "d" max_batch_size: 0 input { name: "d" data_type: TYPE_STRING dims: [1] } '
+    'output { name: "OUTPUT__0" data_type: TYPE_INT64 dims: [1] }'
+)
+VECTOR = _model(
+    'name: "v" max_batch_size: 2 input { name: "x" data_type: TYPE_FP32 dims: [-1] } '
+    'output { name: "y" data_type: TYPE_FP32 dims: [2] }'
+)
+
+
+def _body(data: object) -> bytes:
+    return orjson.dumps({"data": data})
+
+
+def _response(request: pb.ModelInferRequest, name: str, array: np.ndarray, dt: str) -> pb.ModelInferResponse:
+    tensor = Tensor(name, datatype(dt), array)
+    return pb.ModelInferResponse(
+        model_name=request.model_name,
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=dt, shape=array.shape)],
+        raw_output_contents=[to_raw(tensor)],
+    )
+
+
+def test_small_parsers() -> None:
+    assert selector_version("latest") == "" and selector_version("3") == "3" and selector_version("prod") is None
+    assert parse_batch_flag(None) is None and parse_batch_flag("TRUE") and parse_batch_flag("0") is False
+    assert parse_timeout(None) is None and parse_timeout("0.5") == 0.5
+    for bad in ("0", "-1", "nan", "x"):
+        with pytest.raises(InvalidRequest):
+            parse_timeout(bad)
+    assert parse_alias_version(b'{"version": 3}') == 3 and parse_alias_version(b'{"version": "4"}') == 4
+    with pytest.raises(InvalidRequest):
+        parse_alias_version(b'{"version": 0}')
+
+
+def test_batch_rule() -> None:
+    assert not is_batch(ADDER, [3, 4, 5])
+    assert is_batch(ADDER, [[1, 3, 4, 5], [2, 6, 7, 8]])
+    assert is_batch(ADDER, [[1, 3, 4, 5], [2, 6, 7, 8], [3, 1, 1, 1]])  # three rows, three arguments: still rows
+    assert not is_batch(DICT, {"value": 10}) and is_batch(DICT, [[1, {"value": 10}]])
+    assert not is_batch(VECTOR, [1.0, 2.0]) and is_batch(VECTOR, [["a", [1.0, 2.0]]])
+    assert not is_batch(VECTOR, [[True, [1.0]]])  # a boolean is no ID
+
+
+def test_single_request() -> None:
+    plan = v1_plan(ADDER, "", _body([3, 4, 5]))
+    (request,) = plan.requests
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [
+        ("a", "INT64", [1]), ("b", "INT64", [1]), ("c", "INT64", [1])
+    ]
+    assert np.frombuffer(request.raw_input_contents[2], np.int64).tolist() == [5]
+    answer = v1_answer(plan, [_response(request, "OUTPUT__0", np.array([12]), "INT64")])
+    assert answer == {"data": 12}
+
+
+def test_dict_argument_is_json_text() -> None:
+    (request,) = v1_plan(DICT, "1", _body({"value": 10})).requests
+    assert request.model_version == "1" and request.inputs[0].datatype == "BYTES"
+    assert request.raw_input_contents[0][4:] == b'{"value":10}'
+
+
+def test_batch_on_a_batching_model_is_stacked_in_chunks() -> None:
+    plan = v1_plan(VECTOR, "", _body([[3, [1, 2]], ["z", [3, 4]], [1, [5, 6]]]))
+    assert plan.rows_per_request == (2, 1)
+    assert list(plan.requests[0].inputs[0].shape) == [2, 2]
+    responses = [
+        _response(r, "y", np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 10 * i, "FP32")
+        for i, (r, n) in enumerate(zip(plan.requests, plan.rows_per_request, strict=True))
+    ]
+    assert v1_answer(plan, responses) == {"data": [[1, [10.0, 11.0]], [3, [0.0, 1.0]], ["z", [2.0, 3.0]]]}
+
+
+def test_batch_errors() -> None:
+    with pytest.raises(InvalidRequest, match="batch ID 1.0 is used more than once"):
+        v1_plan(ADDER, "", _body([[1, 1, 1, 1], [1.0, 2, 2, 2]]))
+    with pytest.raises(InvalidRequest, match="different shapes"):
+        v1_plan(VECTOR, "", _body([[1, [1.0]], [2, [1.0, 2.0]]]))
+    with pytest.raises(InvalidRequest, match="argument 'b'"):
+        v1_plan(ADDER, "", _body([1, "two", 3]))
+    with pytest.raises(InvalidRequest, match="outside the range"):
+        v1_plan(ADDER, "", _body([1, 2**63, 3]))
+    with pytest.raises(InvalidRequest, match="takes 3 arguments"):
+        v1_plan(ADDER, "", _body([1, 2]), batch=False)
+    with pytest.raises(InvalidRequest, match="non-empty list of rows"):
+        v1_plan(ADDER, "", _body(5), batch=True)
+    with pytest.raises(InvalidRequest, match="'data'"):
+        v1_plan(ADDER, "", b"[1]")
+
+
+def test_predict() -> None:
+    plan = predict_plan(VECTOR, "", b'{"x": [1, 2, 3]}')
+    assert not plan.batch and list(plan.requests[0].inputs[0].shape) == [1, 3]
+    response = _response(plan.requests[0], "y", np.array([[0.5, 1.5]], np.float32), "FP32")
+    assert predict_answer(plan, [response]) == {"y": [0.5, 1.5]}
+    plan = predict_plan(VECTOR, "", b'{"x": [[1, 2], [3, 4]]}')
+    assert plan.batch and list(plan.requests[0].inputs[0].shape) == [2, 2]
+    response = _response(plan.requests[0], "y", np.zeros((2, 2), np.float32), "FP32")
+    assert predict_answer(plan, [response]) == {"y": [[0.0, 0.0], [0.0, 0.0]]}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{}", "Missing required input: 'x'"),
+        (b'{"x": 1}', "Invalid input type for 'x': expected array"),
+        (b'{"x": [1], "z": 2}', "Unknown input: 'z'"),
+        (b'{"x": [[[1]]]}', "Invalid input shape for 'x'"),
+    ],
+)
+def test_predict_errors(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        predict_plan(VECTOR, "", body)
+    assert caught.value.message.startswith(message)

@@ -1,0 +1,467 @@
+"""The simple REST styles (``/v1/{model}/{selector}`` and ``/predict``) <-> the core's protobuf messages.
+
+Pure functions: a body and the model's config in, ``ModelInferRequest`` messages out (JSON -> numpy -> raw
+bytes, datatypes from the config); the responses in, a JSON document out. Inference itself is the core's.
+
+``/v1`` reads ``data`` as a single request or as a batch from the model's inputs (see :func:`is_batch`):
+a single request holds the arguments (one input: ``data`` itself; several: a list in input order); a batch
+is a list of rows ``[ID, arg1, ..., argN]``. A scalar input (``dims: [1]``) takes a JSON scalar (or a
+one-element list), a BYTES input a string (or a JSON object / number, sent as its JSON text), a tensor input
+nested lists as deep as its ``dims``. Rows become one request per ``max_batch_size`` rows, stacked on the batch
+dimension, when the model batches; one request per row when it does not.
+
+``/predict`` maps input names to values; a value with one more dimension than the input's ``dims`` is a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from v2server._proto import grpc_service_pb2 as pb
+from v2server._proto import model_config_pb2 as mc
+from v2server.datatypes import DataType, datatype, from_config_type
+from v2server.errors import InvalidRequest, V2Error
+from v2server.tensors import deserialize_bytes, serialize_bytes
+
+__all__ = [
+    "Plan",
+    "SimpleModel",
+    "is_batch",
+    "parse_alias_version",
+    "parse_batch_flag",
+    "parse_timeout",
+    "predict_answer",
+    "predict_plan",
+    "selector_version",
+    "v1_answer",
+    "v1_plan",
+]
+
+_INT_KINDS = "iu"
+_ALLOWED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf", "BF16": "iuf"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+
+    @property
+    def scalar(self) -> bool:
+        """One element per row (``dims: [1]``): a JSON scalar stands for it."""
+        return self.dims in ((1,), ())
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleModel:
+    """What the simple styles need of a model's config: its inputs, outputs and batching."""
+
+    name: str
+    max_batch_size: int
+    inputs: tuple[_Spec, ...]
+    outputs: tuple[_Spec, ...]
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> SimpleModel:
+        def spec(tensor: mc.ModelInput | mc.ModelOutput) -> _Spec:
+            return _Spec(tensor.name, from_config_type(mc.DataType.Name(tensor.data_type)), tuple(tensor.dims))
+
+        return cls(config.name, config.max_batch_size, tuple(map(spec, config.input)), tuple(map(spec, config.output)))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The core requests for one simple-style request, and how to read their answers back."""
+
+    model: SimpleModel
+    requests: tuple[pb.ModelInferRequest, ...]
+    rows_per_request: tuple[int, ...]  # 0: an unbatched request (the model has no batch dimension)
+    ids: tuple[Any, ...] | None  # /v1 batch IDs in row order; None for a single request
+    batch: bool
+
+
+# --- small parsers ----------------------------------------------------------------------------------------
+
+
+def selector_version(selector: str) -> str | None:
+    """``latest`` -> "" (the highest ready version), digits -> themselves, anything else (an alias) -> None."""
+    if selector == "latest":
+        return ""
+    return selector if selector.isascii() and selector.isdigit() else None
+
+
+def parse_batch_flag(text: str | None) -> bool | None:
+    """``?batch=true|false`` forces a reading of ``data``; absent, the model's inputs decide."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise InvalidRequest(f"query parameter 'batch' must be true or false, got '{text}'")
+
+
+def parse_timeout(text: str | None) -> float | None:
+    """``?timeout=SECONDS``: a positive number, or None when absent."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidRequest(f"query parameter 'timeout' must be a positive number of seconds, got '{text}'")
+    return value
+
+
+def parse_alias_version(body: bytes) -> int:
+    """The version of ``PUT /v1/{model}/aliases/{alias}``'s body ``{"version": 3}``."""
+    document = _json(body)
+    version = document.get("version") if isinstance(document, dict) else None
+    if isinstance(version, str) and version.isascii() and version.isdigit():
+        version = int(version)
+    if type(version) is not int or version < 1:
+        raise InvalidRequest('the body must be a JSON object such as {"version": 3} (a positive version number)')
+    return version
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+# --- /v1 ---------------------------------------------------------------------------------------------------
+
+
+def is_batch(model: SimpleModel, data: Any) -> bool:
+    """Whether ``data`` reads as a batch: a non-empty list whose every element is a row ``[ID, arg1, ...,
+    argN]`` with a string or number ID and each argument shaped as its input takes it (nesting and fixed
+    sizes, checked along the first element). Valid single-request data never has that form."""
+    n = len(model.inputs)
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(
+            isinstance(row, list)
+            and len(row) == n + 1
+            and _is_id(row[0])
+            and all(_fits(value, spec) for value, spec in zip(row[1:], model.inputs, strict=True))
+            for row in data
+        )
+    )
+
+
+def v1_plan(model: SimpleModel, version: str, body: bytes, batch: bool | None = None) -> Plan:
+    """The core requests for a ``/v1`` body ``{"data": ...}``; ``batch`` forces a reading when not None."""
+    document = _json(body)
+    if not isinstance(document, dict) or "data" not in document:
+        raise InvalidRequest("the body must be a JSON object with a 'data' member")
+    data = document["data"]
+    if batch is None:
+        batch = is_batch(model, data)
+    if not batch:
+        return _plan(model, version, [_single_row(model, data)], None, batch=False)
+    ids, rows = _batch_rows(model, data)
+    return _plan(model, version, rows, ids, batch=True)
+
+
+def v1_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> dict[str, Any]:
+    """``{"data": result}`` or, for a batch, ``{"data": [[ID, result], ...]}`` sorted by ID."""
+    results = [_result(plan.model, row) for row in _rows(plan, responses)]
+    if not plan.batch:
+        return {"data": results[0]}
+    assert plan.ids is not None
+    pairs = sorted(zip(plan.ids, results, strict=True), key=lambda pair: _id_key(pair[0]))
+    return {"data": [[identifier, result] for identifier, result in pairs]}
+
+
+def _single_row(model: SimpleModel, data: Any) -> list[np.ndarray]:
+    n = len(model.inputs)
+    if n == 1:
+        values = [data]
+    elif isinstance(data, list) and len(data) == n:
+        values = data
+    else:
+        names = ", ".join(spec.name for spec in model.inputs)
+        raise InvalidRequest(
+            f"model '{model.name}' takes {n} arguments ({names}): 'data' must be a list of {n} values in that "
+            "order, or a batch of rows [ID, " + names + "]"
+        )
+    return [_argument(value, spec, f"argument '{spec.name}'") for value, spec in zip(values, model.inputs, strict=True)]
+
+
+def _batch_rows(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[list[np.ndarray]]]:
+    form = "[ID, " + ", ".join(spec.name for spec in model.inputs) + "]"
+    if not isinstance(data, list) or not data:
+        raise InvalidRequest(f"a batch must be a non-empty list of rows {form}")
+    ids: list[Any] = []
+    seen: set[tuple[int, Any]] = set()
+    rows: list[list[np.ndarray]] = []
+    for index, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(model.inputs) + 1:
+            raise InvalidRequest(f"batch row {index} must be a list {form}")
+        identifier = row[0]
+        if not _is_id(identifier):
+            raise InvalidRequest(f"batch row {index}: the ID must be a string or a number, got {_text(identifier)}")
+        key = _id_key(identifier)
+        if key in seen:
+            raise InvalidRequest(f"batch ID {_text(identifier)} is used more than once")
+        seen.add(key)
+        ids.append(identifier)
+        rows.append([
+            _argument(value, spec, f"row {_text(identifier)}, argument '{spec.name}'")
+            for value, spec in zip(row[1:], model.inputs, strict=True)
+        ])
+    return tuple(ids), rows
+
+
+def _result(model: SimpleModel, outputs: dict[str, np.ndarray]) -> Any:
+    """One row's result: the value of a single output, else an object by output name."""
+    values = {spec.name: _value(outputs[spec.name], spec) for spec in model.outputs if spec.name in outputs}
+    return next(iter(values.values())) if len(values) == 1 else values
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _id_key(value: Any) -> tuple[int, Any]:
+    """Numbers sort before strings; 1 and 1.0 are the same ID."""
+    return (1, value) if isinstance(value, str) else (0, value)
+
+
+def _fits(value: Any, spec: _Spec) -> bool:
+    if spec.scalar and not isinstance(value, list):
+        return _is_leaf(value, spec)
+    for dim in spec.dims:
+        if not isinstance(value, list) or (dim != -1 and len(value) != dim):
+            return False
+        if not value:
+            return True
+        value = value[0]
+    return _is_leaf(value, spec)
+
+
+def _is_leaf(value: Any, spec: _Spec) -> bool:
+    if spec.datatype.name == "BYTES":
+        return not isinstance(value, list) and value is not None
+    return isinstance(value, (int, float, bool))
+
+
+# --- /predict ----------------------------------------------------------------------------------------------
+
+
+def predict_plan(model: SimpleModel, version: str, body: bytes) -> Plan:
+    """The core requests for a ``/predict`` body mapping input names to values."""
+    document = _json(body)
+    if not isinstance(document, dict):
+        raise InvalidRequest("the body must be a JSON object mapping input names to values")
+    for spec in model.inputs:
+        if spec.name not in document:
+            raise InvalidRequest(f"Missing required input: '{spec.name}'")
+    unknown = [name for name in document if name not in {spec.name for spec in model.inputs}]
+    if unknown:
+        raise InvalidRequest(f"Unknown input: '{unknown[0]}' (model '{model.name}' takes {[s.name for s in model.inputs]})")
+    arrays: list[np.ndarray] = []
+    batched: list[bool] = []
+    for spec in model.inputs:
+        value = document[spec.name]
+        if not spec.scalar and not isinstance(value, list):
+            raise InvalidRequest(f"Invalid input type for '{spec.name}': expected array")
+        array = _array(value, spec, f"Invalid input type for '{spec.name}'")
+        if spec.scalar and array.ndim == 0:
+            array = array.reshape(1)
+        if array.ndim not in (len(spec.dims), len(spec.dims) + 1):
+            raise InvalidRequest(
+                f"Invalid input shape for '{spec.name}': {array.ndim} dimensions, expected {len(spec.dims)} "
+                f"(dims {list(spec.dims)}) or {len(spec.dims) + 1} for a batch"
+            )
+        arrays.append(array)
+        batched.append(array.ndim == len(spec.dims) + 1)
+    if any(batched) and not all(batched):
+        names = [spec.name for spec, b in zip(model.inputs, batched, strict=True) if not b]
+        raise InvalidRequest(f"some inputs are batches and {names} are not: send every input as a batch or none")
+    batch = bool(batched) and all(batched)
+    if batch:
+        counts = {len(array) for array in arrays}
+        if len(counts) != 1:
+            raise InvalidRequest(f"the batched inputs have different numbers of rows: {sorted(counts)}")
+        rows = [list(row) for row in zip(*arrays, strict=True)]
+    else:
+        rows = [arrays]
+    return _plan(model, version, rows, None, batch=batch)
+
+
+def predict_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> dict[str, Any]:
+    """Output names to values; for a batch, each value is the list of the rows' values."""
+    rows = _rows(plan, responses)
+    answer: dict[str, Any] = {}
+    for spec in plan.model.outputs:
+        values = [_value(row[spec.name], spec) for row in rows if spec.name in row]
+        if values:
+            answer[spec.name] = values if plan.batch else values[0]
+    return answer
+
+
+# --- shared: arrays, requests, responses -------------------------------------------------------------------
+
+
+def _argument(value: Any, spec: _Spec, where: str) -> np.ndarray:
+    """One row's value of an input, shaped as its ``dims`` (a scalar input's JSON scalar becomes ``[x]``)."""
+    array = _array(value, spec, where)
+    if spec.scalar and array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != len(spec.dims):
+        raise InvalidRequest(
+            f"{where}: expected {_describe(spec)}, got a value nested {array.ndim} deep"
+        )
+    return array
+
+
+def _describe(spec: _Spec) -> str:
+    if spec.scalar:
+        return "a string or JSON object" if spec.datatype.name == "BYTES" else "a number"
+    return f"lists nested {len(spec.dims)} deep (dims {list(spec.dims)}) of {spec.datatype.name}"
+
+
+def _array(value: Any, spec: _Spec, where: str) -> np.ndarray:
+    """A JSON value as an array of the input's datatype (through numpy, no per-element loop but for BYTES)."""
+    dt = spec.datatype
+    if dt.name == "BYTES":
+        return _bytes_array(value, where)
+    try:
+        array = np.array(value)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(f"{where}: expected {_describe(spec)}; the nested lists are ragged") from None
+    wanted = "booleans" if dt.name == "BOOL" else ("integers" if dt.numpy.kind in _INT_KINDS else "numbers")
+    allowed = _ALLOWED_KINDS.get(dt.name, _INT_KINDS)
+    if array.size and array.dtype.kind not in allowed:
+        raise InvalidRequest(f"{where}: expected {wanted} for datatype {dt.name}")
+    if dt.numpy.kind in _INT_KINDS and array.size:
+        info = np.iinfo(dt.numpy)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidRequest(f"{where}: a value is outside the range of {dt.name}")
+    if dt.name == "BF16":
+        bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return array.astype(dt.numpy, copy=False)
+
+
+def _bytes_array(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, dict) or not isinstance(value, list):
+        array = np.empty((), dtype=object)
+        array[()] = value
+    else:
+        try:
+            array = np.array(value, dtype=object)
+        except ValueError:
+            raise InvalidRequest(f"{where}: the nested lists are ragged") from None
+    flat = array.reshape(-1)
+    encoded = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        if isinstance(item, str):
+            encoded[index] = item.encode("utf-8")
+        elif isinstance(item, (dict, int, float, bool)):
+            encoded[index] = orjson.dumps(item)
+        else:
+            raise InvalidRequest(f"{where}: expected strings or JSON objects, got {_text(item)}")
+    return encoded.reshape(array.shape)
+
+
+def _plan(
+    model: SimpleModel, version: str, rows: list[list[np.ndarray]], ids: tuple[Any, ...] | None, batch: bool
+) -> Plan:
+    requests: list[pb.ModelInferRequest] = []
+    counts: list[int] = []
+    size = model.max_batch_size
+    if size > 0:
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            requests.append(_request(model, version, [_stack(chunk, i, spec) for i, spec in enumerate(model.inputs)]))
+            counts.append(len(chunk))
+    else:
+        for row in rows:
+            requests.append(_request(model, version, row))
+            counts.append(0)
+    return Plan(model, tuple(requests), tuple(counts), ids, batch)
+
+
+def _stack(rows: list[list[np.ndarray]], index: int, spec: _Spec) -> np.ndarray:
+    shapes = {row[index].shape for row in rows}
+    if len(shapes) > 1:
+        raise InvalidRequest(
+            f"argument '{spec.name}': the rows have different shapes {sorted(list(s) for s in shapes)}, which one "
+            "batch cannot hold; send them as separate requests"
+        )
+    return np.stack([row[index] for row in rows])
+
+
+def _request(model: SimpleModel, version: str, arrays: Sequence[np.ndarray]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model.name, model_version=version)
+    for spec, array in zip(model.inputs, arrays, strict=True):
+        request.inputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
+        request.raw_input_contents.append(
+            serialize_bytes(array) if spec.datatype.name == "BYTES" else np.ascontiguousarray(array).tobytes()
+        )
+    return request
+
+
+def _rows(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> list[dict[str, np.ndarray]]:
+    """Each row's outputs (without the batch dimension), in row order."""
+    rows: list[dict[str, np.ndarray]] = []
+    for count, response in zip(plan.rows_per_request, responses, strict=True):
+        outputs = {
+            output.name: _output(output, raw)
+            for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+        }
+        if count == 0:
+            rows.append(outputs)
+        else:
+            rows.extend({name: array[j] for name, array in outputs.items()} for j in range(count))
+    return rows
+
+
+def _output(output: pb.ModelInferResponse.InferOutputTensor, raw: bytes) -> np.ndarray:
+    shape = tuple(output.shape)
+    if output.datatype == "BYTES":
+        return deserialize_bytes(raw, math.prod(shape), output.name).reshape(shape)
+    dt = datatype(output.datatype)
+    if len(raw) != math.prod(shape) * dt.itemsize:
+        raise V2Error(f"output '{output.name}': {len(raw)} bytes for shape {list(shape)} of {dt.name}")
+    array = np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+    if dt.name == "BF16":
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+def _value(array: np.ndarray, spec: _Spec) -> Any:
+    """An output value as JSON: a scalar for ``dims: [1]``, else nested lists; BYTES as UTF-8 text."""
+    if array.dtype == object:
+        array = np.array([_decode(item) for item in array.reshape(-1)], dtype=object).reshape(array.shape)
+    if spec.scalar and array.size == 1:
+        return array.reshape(-1)[0].item() if array.dtype != object else array.reshape(-1)[0]
+    return array.tolist()
+
+
+def _decode(item: bytes) -> str:
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        return item.decode("latin-1")
+
+
+def _text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
