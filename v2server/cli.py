@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from v2server.auth import read_keys
 from v2server.errors import V2Error
 from v2server.settings import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Settings
 from v2server.statistics import DEFAULT_BUCKETS_US, parse_buckets
 
-__all__ = ["main", "parse_settings"]
+__all__ = ["main", "parse_settings", "triton_main"]
 
 log = logging.getLogger("v2server")
 
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     flag = parser.add_argument
     flag("--model-repository", "--model-store", dest="model_repositories", action="append", type=Path,
          default=[], metavar="DIR", help="model repository folder (repeatable)")
+    flag("--model-dir", type=Path, metavar="DIR",
+         help="KServe style: one model folder (config.pbtxt, version folders) or a repository")
+    flag("--model-name", metavar="NAME", help="with --model-dir on a single model folder: the name it is served as")
     flag("--server-name", default="v2server", help="name ServerMetadata reports ('triton' to pass for Triton)")
     flag("--http-address", default="0.0.0.0")
     flag("--http-port", type=int, default=8000)
@@ -76,9 +81,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_settings(argv: Sequence[str]) -> Settings:
-    """Settings from a command line; unknown Triton flags are reported and ignored, not fatal."""
+def _environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """``V2SERVER_<FLAG>`` (e.g. ``V2SERVER_HTTP_PORT=8080``) sets a flag's default; the command line wins.
+
+    Repeatable flags take comma-separated values.
+    """
+    defaults: dict[str, Any] = {}
+    for action in parser._actions:  # argparse keeps no public list of actions
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = "V2SERVER_" + action.dest.upper()
+        if name not in environ:
+            continue
+        convert = action.type if callable(action.type) else str
+        raw = environ[name]
+        try:
+            if isinstance(action, argparse._AppendAction):
+                defaults[action.dest] = [convert(item.strip()) for item in raw.split(",") if item.strip()]
+            else:
+                defaults[action.dest] = convert(raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{name}={raw!r}: {exc}")
+    parser.set_defaults(**defaults)
+
+
+def _looks_like_model(folder: Path) -> bool:
+    return (folder / "config.pbtxt").is_file() or any(
+        entry.is_dir() and entry.name.isdigit() for entry in folder.iterdir()
+    )
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a command line and ``V2SERVER_*`` variables; unknown Triton flags are reported, not fatal."""
     parser = _parser()
+    _environment_defaults(parser, os.environ if environ is None else environ)
     argv = list(argv)
     gateway = argv[:1] == ["gateway"]
     args, unknown = parser.parse_known_args(argv[1:] if gateway else argv)
@@ -89,8 +125,18 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         parser.error("gateway mode needs --grpc-target HOST:PORT")
     if not gateway and args.grpc_target:
         parser.error("--grpc-target is for gateway mode: v2server gateway --grpc-target HOST:PORT")
-    if not args.model_repositories and not gateway:
-        parser.error("--model-repository is required")
+    single_models: tuple[tuple[str, Path], ...] = ()
+    if args.model_dir is not None:
+        if not args.model_dir.is_dir():
+            parser.error(f"--model-dir {args.model_dir} is not a directory")
+        if _looks_like_model(args.model_dir):
+            single_models = ((args.model_name or args.model_dir.name, args.model_dir),)
+        else:
+            args.model_repositories.append(args.model_dir)
+    elif args.model_name:
+        parser.error("--model-name needs --model-dir")
+    if not args.model_repositories and not single_models and not gateway:
+        parser.error("--model-repository (or --model-dir) is required")
     if args.http_max_body_size <= 0:
         parser.error("--http-max-body-size must be positive")
     if args.repository_poll_secs <= 0:
@@ -114,6 +160,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
     except OSError as exc:
         parser.error(f"--api-keys-file: {exc}")
     return Settings(
+        single_models=single_models,
         api_keys=api_keys,
         cors_allow_origins=tuple(args.cors_allow_origins),
         model_repositories=tuple(args.model_repositories),
@@ -163,3 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def triton_main() -> int:
+    """``tritonserver``: the same server behind Triton's command name, so KServe's stock runtime runs it."""
+    return main()

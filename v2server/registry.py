@@ -159,8 +159,10 @@ class Registry:
         strict_model_config: bool = True,
         on_change: ChangeListener | None = None,
         latency_buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US,
+        single_models: Mapping[str, Path] | None = None,
     ) -> None:
         self._repositories = tuple(repositories)
+        self._single_models = dict(single_models or {})  # KServe style: one model folder, named by a flag
         self._buckets_us = latency_buckets_us
         self._strict = strict_model_config
         self.on_change = on_change
@@ -259,7 +261,10 @@ class Registry:
     async def _save_aliases(self, name: str, aliases: dict[str, int]) -> dict[str, int]:
         model_dir = self._model_dirs.get(name)
         if model_dir is not None:
-            await asyncio.to_thread(write_aliases, model_dir, aliases)
+            try:
+                await asyncio.to_thread(write_aliases, model_dir, aliases)
+            except OSError as exc:  # a read-only repository (a Kubernetes volume, say) keeps the old aliases
+                raise V2Error(f"cannot save the aliases of model '{name}' in {model_dir}: {exc.strerror}") from None
         self._aliases[name] = aliases  # a new dict: a request resolving now sees the old mapping or this one
         return dict(sorted(aliases.items()))
 
@@ -350,6 +355,11 @@ class Registry:
             await self.unload(name)
             self._fingerprints.pop(name, None)
 
+    async def drained(self, poll_seconds: float = 0.05) -> None:
+        """Return once no request is in flight on any served version (shutdown waits on this)."""
+        while any(handle.inflight for handle in self.handles()):
+            await asyncio.sleep(poll_seconds)
+
     async def close(self) -> None:
         """Release every model (the server is stopping)."""
         handles = [h for versions in self._handles.values() for h in versions.values()]
@@ -388,6 +398,8 @@ class Registry:
             config = default_config(name)
         if config_override is not None:
             config = apply_override(config, config_override)
+        if name in self._single_models:
+            config.name = name  # a folder served under a name given by flag (KServe's --model-name)
         if not self._strict and (not config.input or not config.output):
             policy = config.version_policy if config.HasField("version_policy") else mc.ModelVersionPolicy()
             latest = select_versions(model_dir, policy)[-1]
@@ -424,7 +436,7 @@ class Registry:
         try:
             if failure is not None:
                 raise failure
-            requests = warmup_requests(version_config, model_dir)
+            requests = await asyncio.to_thread(warmup_requests, version_config, model_dir)  # reads files
             if requests:
                 await run_warmup(handle.instances, requests, list(signature.outputs))
         except BaseException:
@@ -460,10 +472,12 @@ class Registry:
 
     def _on_disk(self) -> dict[str, Path]:
         try:
-            return discover_models(self._repositories)
+            found = discover_models(self._repositories)
         except ModelLoadError as exc:
             log.error("%s", exc.message)
-            return {}
+            found = {}
+        found.update(self._single_models)
+        return found
 
 
 def _write_upload(name: str, files: Mapping[str, bytes]) -> Path:

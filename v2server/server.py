@@ -56,6 +56,11 @@ class RestGateway:
         self.bound_port = sockets[0].getsockname()[1]
         return self.bound_port
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; connections already open keep being served."""
+        if self._server is not None:
+            self._server.stop()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
@@ -82,7 +87,7 @@ class V2Server:
         settings = self.settings
         self.registry = Registry(
             settings.model_repositories, settings.strict_model_config, self._readiness_changed,
-            settings.latency_buckets_us,
+            settings.latency_buckets_us, dict(settings.single_models),
         )
         self.access = AccessLog(settings.log_format) if settings.log_requests else None
         self.keys = ApiKeys(settings.api_keys)
@@ -155,9 +160,17 @@ class V2Server:
             self._poller.cancel()
         for listener in (self._rest, self._metrics):
             if listener is not None:
-                await listener.stop()
+                listener.stop_accepting()
+        # gRPC refuses new calls and waits for its own; HTTP requests in flight finish on the models meanwhile.
+        waits = [asyncio.wait_for(self.registry.drained(), grace)]
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            waits.append(self._grpc.stop(grace))
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        if isinstance(results[0], TimeoutError):
+            log.warning("requests still in flight after %.0f s: closing anyway", grace)
+        for listener in (self._rest, self._metrics):
+            if listener is not None:
+                await listener.stop()
         await self.registry.close()
 
     def _startup_models(self) -> list[str]:

@@ -22,6 +22,8 @@ class Settings:
     """Server settings; field names follow Triton's flags (``--http-port`` is ``http_port``)."""
 
     model_repositories: tuple[Path, ...] = ()
+    #: single model folders served under a given name (``--model-dir`` with ``--model-name``, KServe style)
+    single_models: tuple[tuple[str, Path], ...] = ()
     server_name: str = "v2server"
     http_address: str = "0.0.0.0"
     http_port: int = 8000

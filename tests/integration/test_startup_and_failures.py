@@ -121,7 +121,7 @@ def test_command_line_rejects_missing_repository() -> None:
         [sys.executable, "-m", "v2server"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "--model-repository is required" in result.stderr
+    assert "--model-repository (or --model-dir) is required" in result.stderr
 
 
 def test_port_in_use_is_a_clear_error() -> None:

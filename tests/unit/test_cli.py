@@ -70,7 +70,7 @@ def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "--model-repository is required"),
+        ([], "--model-repository (or --model-dir) is required"),
         ([*REPO, "--load-model", "a"], "--load-model needs --model-control-mode=explicit"),
         ([*REPO, "--model-control-mode=none", "--load-model=a"], "--load-model needs --model-control-mode=explicit"),
         ([*REPO, "--model-control-mode", "poll", "--repository-poll-secs=0"], "--repository-poll-secs must be positive"),
@@ -93,3 +93,32 @@ def test_refused_command_lines(argv: list[str], message: str, capsys: pytest.Cap
         parse_settings(argv)
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_environment_variables_set_defaults_and_the_command_line_wins(tmp_path: Path) -> None:
+    env = {"V2SERVER_HTTP_PORT": "8080", "V2SERVER_GRPC_PORT": "9000", "V2SERVER_ALLOW_METRICS": "false",
+           "V2SERVER_MODEL_REPOSITORIES": f"{tmp_path},/other", "V2SERVER_LOAD_MODELS": "a, b",
+           "V2SERVER_MODEL_CONTROL_MODE": "explicit"}
+    settings = parse_settings([], env)
+    assert (settings.http_port, settings.grpc_port, settings.allow_metrics) == (8080, 9000, False)
+    assert settings.model_repositories == (tmp_path, Path("/other"))
+    assert settings.load_models == ("a", "b")
+    assert parse_settings(["--http-port", "7000"], env).http_port == 7000
+
+
+def test_bad_environment_value_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--model-repository", "x"], {"V2SERVER_HTTP_PORT": "eighty"})
+    assert "V2SERVER_HTTP_PORT='eighty'" in capsys.readouterr().err
+
+
+def test_model_dir_single_model_or_repository(tmp_path: Path) -> None:
+    model = tmp_path / "mnt" / "models"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text("")
+    single = parse_settings(["--model-dir", str(model), "--model-name", "resnet"], {})
+    assert single.single_models == (("resnet", model),) and single.model_repositories == ()
+    unnamed = parse_settings(["--model-dir", str(model)], {})
+    assert unnamed.single_models == (("models", model),)
+    repository = parse_settings(["--model-dir", str(tmp_path / "mnt")], {})
+    assert repository.model_repositories == (tmp_path / "mnt",) and repository.single_models == ()
