@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -72,13 +72,15 @@ def loopback_settings(*repositories: Path, **overrides: object) -> Settings:
 
 
 @contextlib.contextmanager
-def cli_process(args: list[str], until: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+def cli_process(
+    args: list[str], until: str, command: Sequence[str] = (sys.executable, "-m", "v2server")
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
     """``python -m v2server ARGS`` until a log line matches ``until``; on exit SIGTERM, and it must exit 0.
 
     Yields the process and the log lines read so far (a test finds bound ports in them).
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "v2server", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        [*command, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None

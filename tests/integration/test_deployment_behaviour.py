@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.assets.test_models import _config, _save, _tensor
-from tests.conftest import BUNDLED_REPOSITORY, ROOT, cli_process, logged_port
+from tests.conftest import BUNDLED_REPOSITORY, cli_process, logged_port
 
 TRITONSERVER = Path(sys.executable).parent / "tritonserver"
 
@@ -31,30 +30,14 @@ def test_kserve_triton_runtime_command_line(tmp_path: Path) -> None:
     """KServe's kserve-tritonserver runtime runs exactly this, with the model folder at /mnt/models."""
     store = tmp_path / "mnt" / "models"
     shutil.copytree(BUNDLED_REPOSITORY / "simple", store / "simple")
-    process = subprocess.Popen(
-        [str(TRITONSERVER), f"--model-store={store}", "--grpc-port=0", "--http-port=0", "--allow-grpc=true",
-         "--allow-http=true", "--log-verbose=1", "--backend-config=pytorch,shm-default-byte-size=1", "--metrics-port=0",
-         "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        log: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            log.append(process.stderr.readline())  # type: ignore[union-attr]
-            if "server ready" in log[-1]:
-                break
+    args = [f"--model-store={store}", "--grpc-port=0", "--http-port=0", "--allow-grpc=true", "--allow-http=true",
+            "--log-verbose=1", "--backend-config=pytorch,shm-default-byte-size=1", "--metrics-port=0",
+            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+    with cli_process(args, until="server ready", command=[str(TRITONSERVER)]) as (_, log):
         assert any("ignoring unsupported flag --backend-config" in line for line in log), "".join(log)
         port = logged_port(log, "gRPC server listening on")
         with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready() and client.is_model_ready("simple")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        process.stderr.close()  # type: ignore[union-attr]
 
 
 def test_single_model_folder_served_under_its_name(tmp_path: Path) -> None:
