@@ -10,6 +10,11 @@ On the CPU, request bytes become tensors without a copy. On a GPU, each instance
 inputs go through its pinned staging buffer with non-blocking copies, each output comes back with one
 non-blocking copy into pinned memory, and the stream is synchronised once per request. Running out of GPU
 memory fails only the request that did, and frees the allocator's cache for the next one.
+
+Each instance runs requests on its own worker thread, so the event loop never waits on a model, except a CPU
+model whose executions take less CPU time than handing them to a thread costs (``INLINE_BELOW_NS``): those run
+on the event loop itself, which the benchmark shows is cheaper for everyone. The decision follows a moving
+average, so a model that becomes slow goes back to its thread.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ _Move = Move
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 _INDEXED_NAME = re.compile(r".*__(\d+)$")
+
+#: A CPU model whose executions take less than this runs on the event loop itself: handing a request to the
+#: instance's thread and back (two thread switches, a GIL hand-off, future plumbing) costs about 150 us of CPU,
+#: many times what a small model costs. Measured with ``make bench``; see the README's benchmark section.
+INLINE_BELOW_NS = 200_000
+_JUDGED_AFTER = 8  # executions on the thread before an instance may run inline
 
 
 class _Binding:
@@ -187,21 +198,33 @@ class TorchScriptInstance:
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._staging = PinnedStaging(device, self._stream) if self._stream is not None else None
         self.pending = 0
+        self._recent_ns = 0.0  # moving average of the CPU time of whole executions (not waits for the GIL)
+        self._executions = 0
+
+    @property
+    def runs_inline(self) -> bool:
+        """True while this instance's executions are so short that the event loop runs them (CPU only)."""
+        return self._stream is None and self._executions >= _JUDGED_AFTER and self._recent_ns < INLINE_BELOW_NS
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
-        """Run one request on this instance's thread; the event loop waits without blocking."""
+        """Run one request on this instance's thread (inline when it is short); the event loop never blocks."""
         return (await self.execute_timed(inputs, outputs, batch_size))[0]
 
     async def execute_timed(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
         """``execute``, also returning how long input preparation, the model and output copies took."""
+        inline = self.pending == 0 and self.runs_inline  # never beside a request running on the thread
         self.pending += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._run, inputs, outputs, batch_size)
+            if inline:
+                result = self._run(inputs, outputs, batch_size)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, self._run, inputs, outputs, batch_size)
         finally:
             self.pending -= 1
+        return result
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -209,8 +232,12 @@ class TorchScriptInstance:
     def _run(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
+        cpu_start = time.thread_time_ns()
         try:
-            return self._execute(inputs, outputs, batch_size)
+            result = self._execute(inputs, outputs, batch_size)
+            self._executions += 1
+            self._recent_ns += 0.2 * (time.thread_time_ns() - cpu_start - self._recent_ns)
+            return result
         except Exception as exc:
             if self._stream is None or not is_cuda_oom(exc):
                 raise
