@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
          help="the model POST /predict serves (default: the only model in the repository)")
     flag("--grpc-target", default="", metavar="HOST:PORT",
          help="gateway mode ('v2server gateway'): forward REST requests to this gRPC core")
+    flag("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+         help="event loop: uvloop (auto: where installed) is faster than asyncio's own")
     flag("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
          help="on SIGTERM, how long in-flight requests get to finish")
     return parser
@@ -189,6 +191,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         grpc_target=args.grpc_target,
         default_model=args.default_model,
         shutdown_grace_seconds=args.exit_timeout_secs,
+        event_loop=args.event_loop,
     )
 
 
@@ -198,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     if settings.log_verbose > 0:
         logging.getLogger().setLevel(logging.DEBUG)
+    else:
+        # Tornado's own line per request costs more than the request itself; --log-requests is the access log.
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
     from v2server.server import run  # imported late: torch takes a while, and --help should not wait
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,7 +22,7 @@ from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
-from v2server.errors import ModelLoadError
+from v2server.errors import ModelLoadError, V2Error
 from v2server.grpc_api import create_grpc_server, set_serving
 from v2server.metrics import make_registry, render
 from v2server.registry import Registry
@@ -226,5 +227,19 @@ async def serve(settings: Settings) -> None:
     await server.stop()
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked or (``auto``) installed: the benchmark measures 10-20 % more infer/s with it."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise V2Error("--event-loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings))

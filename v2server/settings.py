@@ -60,3 +60,5 @@ class Settings:
     grpc_target: str = ""
     #: seconds in-flight requests get to finish on SIGTERM before the server stops anyway
     shutdown_grace_seconds: float = 30.0
+    #: "uvloop" where installed (``auto``), else asyncio's own loop
+    event_loop: str = "auto"

@@ -122,3 +122,17 @@ def test_model_dir_single_model_or_repository(tmp_path: Path) -> None:
     assert unnamed.single_models == (("models", model),)
     repository = parse_settings(["--model-dir", str(tmp_path / "mnt")], {})
     assert repository.model_repositories == (tmp_path / "mnt",) and repository.single_models == ()
+
+
+def test_event_loop_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    import uvloop
+
+    from v2server.server import _loop_factory
+
+    assert parse_settings(["--model-repository", "x"], {}).event_loop == "auto"
+    assert parse_settings(["--model-repository", "x", "--event-loop", "asyncio"], {}).event_loop == "asyncio"
+    assert _loop_factory("auto") is uvloop.new_event_loop and _loop_factory("uvloop") is uvloop.new_event_loop
+    assert _loop_factory("asyncio") is None
+    with pytest.raises(SystemExit):
+        parse_settings(["--model-repository", "x", "--event-loop", "trio"], {})
+    assert "invalid choice: 'trio'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -306,8 +307,13 @@ def _to_numeric(flat: list[Any], types: set[type], datatype: str, name: str) -> 
         raise InvalidRequest(f"input '{name}': a value is out of range for {datatype}") from None
 
 
+@functools.cache
+def _integer_range(storage: np.dtype) -> np.iinfo:
+    return np.iinfo(storage)  # building an iinfo costs more than checking a small tensor
+
+
 def _to_integers(flat: list[int], storage: np.dtype, datatype: str, name: str) -> np.ndarray:
-    info = np.iinfo(storage)
+    info = _integer_range(storage)
     try:
         if datatype == "UINT64":  # wider than int64; a negative is refused in Python, as older numpy wraps it
             if flat and min(flat) < 0:
