@@ -24,6 +24,7 @@ from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
 from v2server.errors import ModelLoadError, V2Error
 from v2server.grpc_api import create_grpc_server, set_serving
+from v2server.memory import keep_freed_memory
 from v2server.metrics import make_registry, render
 from v2server.registry import Registry
 from v2server.rest_api.app import make_app, make_metrics_app
@@ -241,5 +242,6 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def run(settings: Settings) -> None:
+    keep_freed_memory()
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings))

@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -87,9 +88,14 @@ class ExecutionOptions:
             cache_cleaning=flags.get("ENABLE_CACHE_CLEANING", False),
         )
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
         """The grad mode, executor optimisation and cuDNN switch one request runs under."""
+        if self.optimized_execution and self.cudnn:  # the usual case: just the grad mode, the cheapest way
+            return torch.inference_mode() if self.inference_mode else torch.no_grad()
+        return self._full_scope()
+
+    @contextlib.contextmanager
+    def _full_scope(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode() if self.inference_mode else torch.no_grad())
             if not self.optimized_execution:

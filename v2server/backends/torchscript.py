@@ -25,7 +25,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +192,7 @@ class TorchScriptInstance:
     ) -> None:
         self.device = device
         self._module = module
+        self._forward = module.forward  # a ScriptMethod: calling it skips nn.Module.__call__'s Python layers
         self._binding = _Binding(signature, _forward_arguments(module))
         self._options = options or ExecutionOptions()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=label)
@@ -257,7 +258,7 @@ class TorchScriptInstance:
     def _execute(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
-        with self._options.scope(), self._on_stream():
+        with self._options.scope(), (_NO_STREAM if self._stream is None else torch.cuda.stream(self._stream)):
             start = time.perf_counter_ns()
             to_device = _keep if self._staging is None else self._staging.begin(
                 t.array.nbytes for t in inputs if t.datatype.name != "BYTES"
@@ -265,7 +266,7 @@ class TorchScriptInstance:
             arguments = self._binding.call_arguments(inputs, batch_size, to_device)
             inputs_ready = time.perf_counter_ns()
             try:
-                result = self._module(*arguments)
+                result = self._forward(*arguments)
             except Exception as exc:  # the model's own failure: reported, never fatal to the server
                 if self._stream is not None and is_cuda_oom(exc):
                     raise
@@ -289,13 +290,8 @@ class TorchScriptInstance:
         host.copy_(value, non_blocking=True)
         return host
 
-    @contextlib.contextmanager
-    def _on_stream(self) -> Iterator[None]:
-        if self._stream is None:
-            yield
-            return
-        with torch.cuda.stream(self._stream):
-            yield
+
+_NO_STREAM = contextlib.nullcontext()
 
 
 def _keep(value: torch.Tensor) -> torch.Tensor:
