@@ -55,10 +55,10 @@ def check(scenario: Scenario, protocol: str, http_port: int, grpc_port: int) -> 
             body = response.read()
             connection.close()
             if response.status != 200:
-                detail = " ".join(body[:300].decode(errors="replace").split())
+                detail = " ".join(body.decode(errors="replace").split())
                 if protocol == "rest-binary":  # the end of a traceback says what failed
                     return f"binary-tensor extension unsupported (HTTP {response.status}: ...{detail[-90:]})"
-                return f"HTTP {response.status}: {detail}"
+                return f"HTTP {response.status}: {detail[:300]}"
             length = response.getheader("Inference-Header-Content-Length")
             header = orjson.loads(body[: int(length)] if length else body)
             names = [output["name"] for output in header["outputs"]]
