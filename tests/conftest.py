@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import re
 import signal
@@ -54,6 +55,19 @@ class RunningServer:
 
     def _call(self, coroutine: object, timeout: float) -> object:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout)  # type: ignore[arg-type]
+
+
+def http_call(
+    server: RunningServer, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request to a test server: status, headers (lower-case names), body."""
+    connection = http.client.HTTPConnection(server.http_url, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
 
 
 def loopback_settings(*repositories: Path, **overrides: object) -> Settings:

@@ -87,6 +87,10 @@ class Duration:
         self.count = 0
         self.ns = 0
 
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
 
 class Histogram:
     """A Prometheus-style histogram in microseconds: per-bucket counts, cumulated only when read."""
@@ -273,25 +277,13 @@ class VersionStatistics:
         """
         self.pending -= 1
         if not success:
-            fail = self.fail
-            fail.count += 1
-            fail.ns += request_ns
+            self.fail.add(request_ns)
             return
-        d = self.success
-        d.count += 1
-        d.ns += request_ns
-        d = self.queue
-        d.count += 1
-        d.ns += queue_ns
-        d = self.compute_input
-        d.count += 1
-        d.ns += compute_input_ns
-        d = self.compute_infer
-        d.count += 1
-        d.ns += compute_infer_ns
-        d = self.compute_output
-        d.count += 1
-        d.ns += compute_output_ns
+        self.success.add(request_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(compute_input_ns)
+        self.compute_infer.add(compute_infer_ns)
+        self.compute_output.add(compute_output_ns)
         self.inference_count += batch_size if batch_size > 0 else 1
         self.last_inference = time.time_ns() // 1_000_000
         self.request_latency.observe(request_ns / 1000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import BUNDLED_REPOSITORY, RunningServer, loopback_settings
+from tests.conftest import BUNDLED_REPOSITORY, RunningServer, http_call, loopback_settings
 from v2server.auth import ApiKeys, read_keys
 
 KEY = "s3cret-key"
@@ -29,15 +28,6 @@ def secured() -> Iterator[RunningServer]:
     running.stop()
 
 
-def _http(server: RunningServer, method: str, path: str, headers: dict[str, str] | None = None,
-          body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection(server.http_url, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def _simple_inputs(module):  # type: ignore[no-untyped-def]
@@ -69,18 +59,18 @@ def _simple_inputs(module):  # type: ignore[no-untyped-def]
 def test_every_rest_route_but_health_needs_a_key(secured: RunningServer, method: str, path: str,
                                                  body: bytes | None) -> None:
     field = "detail" if path.endswith("predict") else "error"  # /predict answers errors as {"detail": ...}
-    status, _, payload = _http(secured, method, path, body=body)
+    status, _, payload = http_call(secured, method, path, body=body)
     assert status == 401 and "API key" in json.loads(payload)[field]
-    status, _, payload = _http(secured, method, path, {"Authorization": "Bearer wrong"}, body)
+    status, _, payload = http_call(secured, method, path, body, {"Authorization": "Bearer wrong"})
     assert status == 401 and json.loads(payload)[field] == "invalid API key"
     for header in (f"Bearer {KEY}", KEY, "bearer other-key"):
-        status, _, _ = _http(secured, method, path, {"Authorization": header}, body)
+        status, _, _ = http_call(secured, method, path, body, {"Authorization": header})
         assert status != 401
 
 
 def test_health_routes_stay_open(secured: RunningServer) -> None:
-    assert _http(secured, "GET", "/v2/health/live")[0] == 200
-    assert _http(secured, "GET", "/v2/health/ready")[0] == 200
+    assert http_call(secured, "GET", "/v2/health/live")[0] == 200
+    assert http_call(secured, "GET", "/v2/health/ready")[0] == 200
 
 
 def test_tritonclient_http_with_headers(secured: RunningServer) -> None:
@@ -124,16 +114,16 @@ def test_grpc_stream_needs_the_key(secured: RunningServer) -> None:
 
 
 def test_cors_preflight_and_headers(secured: RunningServer) -> None:
-    status, headers, _ = _http(secured, "OPTIONS", "/v2/models/simple/infer", {
+    status, headers, _ = http_call(secured, "OPTIONS", "/v2/models/simple/infer", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type",
     })
     assert status == 204
     assert headers["access-control-allow-origin"] == "https://app.example"
     assert "authorization" in headers["access-control-allow-headers"].lower()
-    status, headers, _ = _http(secured, "GET", "/v2/health/live", {"Origin": "https://app.example"})
+    status, headers, _ = http_call(secured, "GET", "/v2/health/live", headers={"Origin": "https://app.example"})
     assert headers["access-control-allow-origin"] == "https://app.example"
-    status, headers, _ = _http(secured, "GET", "/v2/health/live", {"Origin": "https://evil.example"})
+    status, headers, _ = http_call(secured, "GET", "/v2/health/live", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in headers
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import zlib
 
@@ -14,7 +13,7 @@ import tritonclient.http.aio as aiohttpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.assets.test_models import NUMERIC_DATATYPES
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, http_call
 from tests.integration.test_grpc_core import _sample
 
 
@@ -37,15 +36,6 @@ def _simple_inputs(binary: bool = True, batch: int = 1) -> tuple[np.ndarray, np.
     return a, b, [_input("INPUT0", a, "INT32", binary), _input("INPUT1", b, "INT32", binary)]
 
 
-def _http(server: RunningServer, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection(server.http_url, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 # -- tritonclient.http ---------------------------------------------------------------------------------------
@@ -182,7 +172,7 @@ SIMPLE_JSON = {
 
 
 def test_plain_json_infer_without_content_type(server: RunningServer) -> None:
-    status, headers, body = _http(server, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())
+    status, headers, body = http_call(server, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())
     assert status == 200 and headers["content-type"] == "application/json"
     response = json.loads(body)
     assert response["model_name"] == "simple" and "id" not in response
@@ -194,7 +184,7 @@ def test_nested_data_and_versioned_path(server: RunningServer) -> None:
     body = {"inputs": [{"name": "INPUT0", "shape": [2, 2], "datatype": "INT32", "data": [[1, 2], [3, 4]]}]}
     body["inputs"][0]["shape"] = [4]
     body["inputs"][0]["data"] = [[1, 2], [3, 4]]
-    status, _, payload = _http(server, "POST", "/v2/models/versioned/versions/2/infer", json.dumps(body).encode())
+    status, _, payload = http_call(server, "POST", "/v2/models/versioned/versions/2/infer", json.dumps(body).encode())
     assert status == 200, payload
     response = json.loads(payload)
     assert response["model_version"] == "2" and response["outputs"][0]["data"] == [2, 4, 6, 8]
@@ -217,50 +207,50 @@ def test_nested_data_and_versioned_path(server: RunningServer) -> None:
     ids=["bad-json", "not-object", "count-mismatch", "wrong-type", "unknown-datatype", "bad-shape"],
 )
 def test_malformed_json_is_400(server: RunningServer, body: bytes, message: str) -> None:
-    status, headers, payload = _http(server, "POST", "/v2/models/simple/infer", body)
+    status, headers, payload = http_call(server, "POST", "/v2/models/simple/infer", body)
     assert status == 400, payload
     assert headers["content-type"] == "application/json"
     assert message in json.loads(payload)["error"]
-    assert _http(server, "GET", "/v2/health/live")[0] == 200  # and the server carries on
+    assert http_call(server, "GET", "/v2/health/live")[0] == 200  # and the server carries on
 
 
 def test_health_bodies_are_empty_and_unknown_ready_is_400(server: RunningServer) -> None:
-    status, _, body = _http(server, "GET", "/v2/health/ready")
+    status, _, body = http_call(server, "GET", "/v2/health/ready")
     assert status == 200 and body == b""
-    status, _, body = _http(server, "GET", "/v2/models/no_such_model/ready")
+    status, _, body = http_call(server, "GET", "/v2/models/no_such_model/ready")
     assert status == 400 and body == b""
 
 
 @pytest.mark.parametrize("path", ["/v2", "/v2/"])
 def test_server_metadata_on_both_paths(server: RunningServer, path: str) -> None:
-    status, _, body = _http(server, "GET", path)
+    status, _, body = http_call(server, "GET", path)
     assert status == 200 and json.loads(body)["name"] == "v2server"
 
 
 def test_unknown_route_and_wrong_method(server: RunningServer) -> None:
-    status, _, body = _http(server, "GET", "/v3/nothing")
+    status, _, body = http_call(server, "GET", "/v3/nothing")
     assert status == 404 and "error" in json.loads(body)
-    status, _, body = _http(server, "GET", "/v2/models/simple/infer")
+    status, _, body = http_call(server, "GET", "/v2/models/simple/infer")
     assert status == 405 and "error" in json.loads(body)
-    status, _, body = _http(server, "GET", "/v2/models/simple/versions/x1")
+    status, _, body = http_call(server, "GET", "/v2/models/simple/versions/x1")
     assert status == 404
 
 
 def test_url_quoted_model_name(server: RunningServer) -> None:
-    status, _, body = _http(server, "GET", "/v2/models/simple%5Fint8")
+    status, _, body = http_call(server, "GET", "/v2/models/simple%5Fint8")
     assert status == 200 and json.loads(body)["name"] == "simple_int8"
 
 
 def test_empty_repository_index_body(server: RunningServer) -> None:
-    status, _, body = _http(server, "POST", "/v2/repository/index", b"")
+    status, _, body = http_call(server, "POST", "/v2/repository/index", b"")
     assert status == 200 and any(row["name"] == "simple" for row in json.loads(body))
-    status, _, body = _http(server, "POST", "/v2/repository/index", b'{"ready": true}')
+    status, _, body = http_call(server, "POST", "/v2/repository/index", b'{"ready": true}')
     assert status == 200 and all(row["state"] == "READY" for row in json.loads(body))
 
 
 def test_raw_binary_request(server: RunningServer) -> None:
     data = np.arange(6, dtype=np.float32)
-    status, headers, body = _http(server, "POST", "/v2/models/identity_fp32/infer", data.tobytes(),
+    status, headers, body = http_call(server, "POST", "/v2/models/identity_fp32/infer", data.tobytes(),
                                   {"Inference-Header-Content-Length": "0"})
     assert status == 200, body
     length = int(headers["inference-header-content-length"])
@@ -270,7 +260,7 @@ def test_raw_binary_request(server: RunningServer) -> None:
 
 
 def test_binary_header_longer_than_body(server: RunningServer) -> None:
-    status, _, body = _http(server, "POST", "/v2/models/simple/infer", b"{}", {"Inference-Header-Content-Length": "99"})
+    status, _, body = http_call(server, "POST", "/v2/models/simple/infer", b"{}", {"Inference-Header-Content-Length": "99"})
     assert status == 400 and "error" in json.loads(body)
 
 
@@ -278,19 +268,19 @@ def test_binary_header_longer_than_body(server: RunningServer) -> None:
 def test_plain_http_compression(server: RunningServer, encoding: str) -> None:
     raw = json.dumps(SIMPLE_JSON).encode()
     packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
-    status, headers, body = _http(server, "POST", "/v2/models/simple/infer", packed,
+    status, headers, body = http_call(server, "POST", "/v2/models/simple/infer", packed,
                                   {"Content-Encoding": encoding, "Accept-Encoding": encoding})
     assert status == 200 and headers["content-encoding"] == encoding
     plain = gzip.decompress(body) if encoding == "gzip" else zlib.decompress(body)
     assert json.loads(plain)["outputs"][0]["data"][0] == 1
-    status, headers, _ = _http(server, "POST", "/v2/models/simple/infer", raw)
+    status, headers, _ = http_call(server, "POST", "/v2/models/simple/infer", raw)
     assert "content-encoding" not in headers
 
 
 def test_unknown_content_type_is_400(server: RunningServer) -> None:
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "b", "c"],
                         "parameters": {"content_type": "klingon"}}]}
-    status, _, payload = _http(server, "POST", "/v2/models/simple_identity/infer", json.dumps(body).encode())
+    status, _, payload = http_call(server, "POST", "/v2/models/simple_identity/infer", json.dumps(body).encode())
     assert status == 400 and "klingon" in json.loads(payload)["error"]
 
 
@@ -303,7 +293,7 @@ def test_base64_content_type_both_ways(server: RunningServer) -> None:
                         "data": [base64.b64encode(v).decode() for v in values],
                         "parameters": {"content_type": "base64"}}],
             "outputs": [{"name": "OUTPUT0", "parameters": {"content_type": "base64"}}]}
-    status, _, payload = _http(server, "POST", "/v2/models/simple_identity/infer", json.dumps(body).encode())
+    status, _, payload = http_call(server, "POST", "/v2/models/simple_identity/infer", json.dumps(body).encode())
     assert status == 200, payload
     output = json.loads(payload)["outputs"][0]
     assert output["parameters"]["content_type"] == "base64"
@@ -312,7 +302,7 @@ def test_base64_content_type_both_ways(server: RunningServer) -> None:
 
 def test_request_parameters_pass_through(server: RunningServer) -> None:
     body = dict(SIMPLE_JSON, parameters={"custom": "x", "n": 3, "f": 0.5, "flag": True}, id="abc")
-    status, _, payload = _http(server, "POST", "/v2/models/simple/infer", json.dumps(body).encode())
+    status, _, payload = http_call(server, "POST", "/v2/models/simple/infer", json.dumps(body).encode())
     assert status == 200 and json.loads(payload)["id"] == "abc"
 
 
@@ -322,9 +312,9 @@ def test_body_size_limit_is_413(tmp_path_factory: pytest.TempPathFactory) -> Non
     running = RunningServer(loopback_settings(BUNDLED_REPOSITORY, allow_grpc=False, http_max_body_size=1024,
                                               model_control_mode="explicit", load_models=("simple",)))
     try:
-        status, _, body = _http(running, "POST", "/v2/models/simple/infer", b"x" * 4096)
+        status, _, body = http_call(running, "POST", "/v2/models/simple/infer", b"x" * 4096)
         assert status == 413 and "1024" in json.loads(body)["error"]
-        status, _, body = _http(running, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())
+        status, _, body = http_call(running, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())
         assert status == 200
     finally:
         running.stop()

@@ -13,16 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from tests.assets.test_models import Scaled
 from tests.conftest import BUNDLED_REPOSITORY, RunningServer, loopback_settings
-
-
-class Scaled(torch.nn.Module):
-    def __init__(self, factor: int) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, INPUT0: torch.Tensor) -> torch.Tensor:
-        return INPUT0 * self.factor
 
 
 def _post(server: RunningServer, path: str, body: Any, method: str = "POST") -> tuple[int, Any]:
