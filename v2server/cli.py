@@ -19,6 +19,36 @@ __all__ = ["main", "parse_settings", "triton_main"]
 
 log = logging.getLogger("v2server")
 
+#: Triton flags that tune what this server has no equivalent of (memory pools, thread counts, caches, log
+#: levels): accepted so that Triton command lines keep working, with a warning. Never a TLS, auth, address
+#: or API-restriction flag: those either work here or stop the server at start.
+IGNORED_TRITON_FLAGS = (
+    "backend-config",
+    "backend-directory",
+    "buffer-manager-thread-count",
+    "cache-config",
+    "cache-directory",
+    "cuda-memory-pool-byte-size",
+    "cuda-virtual-address-size",
+    "grpc-infer-allocation-pool-size",
+    "grpc-infer-response-compression-level",
+    "grpc-max-response-pool-size",
+    "host-policy",
+    "http-thread-count",
+    "log-error",
+    "log-info",
+    "log-warning",
+    "metrics-interval-ms",
+    "min-supported-compute-capability",
+    "model-load-retry-count",
+    "model-load-thread-count",
+    "pinned-memory-pool-byte-size",
+    "rate-limit",
+    "rate-limit-resource",
+    "repoagent-directory",
+    "response-cache-byte-size",
+)
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -32,6 +62,7 @@ def _bool(text: str) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="v2server",
+        allow_abbrev=False,  # a prefix that happens to match another flag must not pass for it
         description="Serve TorchScript models over the KServe V2 / Open Inference Protocol (Triton-compatible). "
         "'v2server gateway --grpc-target HOST:PORT' runs only the REST gateway, forwarding to a remote core.",
     )
@@ -80,6 +111,50 @@ def _parser() -> argparse.ArgumentParser:
          help="event loop: uvloop (auto: where installed) is faster than asyncio's own")
     flag("--exit-timeout-secs", type=float, default=30.0, metavar="SECONDS",
          help="on SIGTERM, how long in-flight requests get to finish")
+    flag("--metrics-api-key-required", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+         help="/metrics needs an API key like every other route (default: open, as in Triton)")
+    tls = parser.add_argument_group("TLS (gRPC flags are Triton's; --http-ssl-* are v2server's)")
+    tls.add_argument("--grpc-use-ssl", type=_bool, nargs="?", const=True, default=False, metavar="BOOL")
+    tls.add_argument("--grpc-use-ssl-mutual", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                     help="require client certificates signed by --grpc-root-cert (implies --grpc-use-ssl)")
+    tls.add_argument("--grpc-server-cert", type=Path, metavar="FILE")
+    tls.add_argument("--grpc-server-key", type=Path, metavar="FILE")
+    tls.add_argument("--grpc-root-cert", type=Path, metavar="FILE")
+    tls.add_argument("--http-ssl-cert", type=Path, metavar="FILE", help="serve HTTPS (REST and metrics)")
+    tls.add_argument("--http-ssl-key", type=Path, metavar="FILE")
+    tls.add_argument("--http-ssl-client-ca", type=Path, metavar="FILE",
+                     help="require HTTPS client certificates signed by this CA")
+    tls.add_argument("--grpc-target-ssl", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                     help="gateway mode: connect to the core over TLS")
+    tls.add_argument("--grpc-target-root-cert", type=Path, metavar="FILE",
+                     help="gateway mode: CA of the core's certificate (implies --grpc-target-ssl)")
+    tls.add_argument("--grpc-target-client-cert", type=Path, metavar="FILE",
+                     help="gateway mode: client certificate for a core that requires one")
+    tls.add_argument("--grpc-target-client-key", type=Path, metavar="FILE")
+    limits = parser.add_argument_group("connection limits (keepalive flags are Triton's, in milliseconds)")
+    limits.add_argument("--http-idle-timeout-secs", "--http-header-timeout-secs", type=float, default=60.0,
+                        metavar="SECONDS",
+                        help="close a connection that has not sent a complete request head in this time "
+                        "(Tornado's one timer for both the head and the keep-alive idle wait)")
+    limits.add_argument("--http-body-timeout-secs", type=float, default=300.0, metavar="SECONDS",
+                        help="close a connection whose request body has not fully arrived in this time")
+    limits.add_argument("--grpc-max-concurrent-streams", type=int, default=128, metavar="N",
+                        help="concurrent RPCs per gRPC connection (more wait for a free stream)")
+    limits.add_argument("--grpc-keepalive-time", type=int, default=7_200_000, metavar="MS")
+    limits.add_argument("--grpc-keepalive-timeout", type=int, default=20_000, metavar="MS")
+    limits.add_argument("--grpc-keepalive-permit-without-calls", type=_bool, nargs="?", const=True,
+                        default=False, metavar="BOOL")
+    limits.add_argument("--grpc-http2-max-pings-without-data", type=int, default=2, metavar="N")
+    limits.add_argument("--grpc-http2-min-recv-ping-interval-without-data", type=int, default=300_000,
+                        metavar="MS", help="a client pinging more often than this gets a strike")
+    limits.add_argument("--grpc-http2-max-ping-strikes", type=int, default=2, metavar="N",
+                        help="strikes before the connection is closed (0: no limit)")
+    ignored = parser.add_argument_group(
+        "Triton tuning flags accepted as no-ops (a warning is logged); any other unknown flag is an error"
+    )
+    for name in IGNORED_TRITON_FLAGS:
+        ignored.add_argument(f"--{name}", dest=f"ignored:{name}", action="append", nargs="?", const="",
+                             metavar="VALUE", help=argparse.SUPPRESS)
     return parser
 
 
@@ -90,7 +165,7 @@ def _environment_defaults(parser: argparse.ArgumentParser, environ: Mapping[str,
     """
     defaults: dict[str, Any] = {}
     for action in parser._actions:  # argparse keeps no public list of actions
-        if not action.option_strings or action.dest == "help":
+        if not action.option_strings or action.dest == "help" or action.dest.startswith("ignored:"):
             continue
         name = "V2SERVER_" + action.dest.upper()
         if name not in environ:
@@ -119,10 +194,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     _environment_defaults(parser, os.environ if environ is None else environ)
     argv = list(argv)
     gateway = argv[:1] == ["gateway"]
-    args, unknown = parser.parse_known_args(argv[1:] if gateway else argv)
-    for extra in unknown:
-        if extra.startswith("--"):
-            log.warning("ignoring unsupported flag %s", extra)
+    args = parser.parse_args(argv[1:] if gateway else argv)  # an unknown flag is an error that names it
+    for name in IGNORED_TRITON_FLAGS:
+        if getattr(args, f"ignored:{name}") is not None:
+            log.warning("ignoring Triton tuning flag --%s: it has no effect on this server", name)
     if gateway and not args.grpc_target:
         parser.error("gateway mode needs --grpc-target HOST:PORT")
     if not gateway and args.grpc_target:
@@ -147,6 +222,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         parser.error("--load-model needs --model-control-mode=explicit")
     if args.grpc_max_message_size <= 0 or args.grpc_max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
         parser.error(f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}")
+    _check_tls(parser, args, gateway)
+    for name in ("http_idle_timeout_secs", "http_body_timeout_secs", "grpc_max_concurrent_streams"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
     buckets = DEFAULT_BUCKETS_US
     for item in args.metrics_config:
         key, _, value = item.partition("=")
@@ -192,7 +271,53 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         default_model=args.default_model,
         shutdown_grace_seconds=args.exit_timeout_secs,
         event_loop=args.event_loop,
+        metrics_api_key_required=args.metrics_api_key_required,
+        grpc_use_ssl=args.grpc_use_ssl or args.grpc_use_ssl_mutual,
+        grpc_use_ssl_mutual=args.grpc_use_ssl_mutual,
+        grpc_server_cert=args.grpc_server_cert,
+        grpc_server_key=args.grpc_server_key,
+        grpc_root_cert=args.grpc_root_cert,
+        http_ssl_cert=args.http_ssl_cert,
+        http_ssl_key=args.http_ssl_key,
+        http_ssl_client_ca=args.http_ssl_client_ca,
+        grpc_target_ssl=args.grpc_target_ssl,
+        grpc_target_root_cert=args.grpc_target_root_cert,
+        grpc_target_client_cert=args.grpc_target_client_cert,
+        grpc_target_client_key=args.grpc_target_client_key,
+        http_idle_timeout_seconds=args.http_idle_timeout_secs,
+        http_body_timeout_seconds=args.http_body_timeout_secs,
+        grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
+        grpc_keepalive_time_ms=args.grpc_keepalive_time,
+        grpc_keepalive_timeout_ms=args.grpc_keepalive_timeout,
+        grpc_keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+        grpc_http2_max_pings_without_data=args.grpc_http2_max_pings_without_data,
+        grpc_http2_min_recv_ping_interval_without_data_ms=args.grpc_http2_min_recv_ping_interval_without_data,
+        grpc_http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
     )
+
+
+def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace, gateway: bool) -> None:
+    """TLS flags that are half set stop the server: serving plaintext instead would be a silent downgrade."""
+    if args.grpc_use_ssl or args.grpc_use_ssl_mutual:
+        if gateway:
+            parser.error("--grpc-use-ssl is for the core's listener; a gateway uses --grpc-target-ssl")
+        if args.grpc_server_cert is None or args.grpc_server_key is None:
+            parser.error("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key")
+    if args.grpc_use_ssl_mutual and args.grpc_root_cert is None:
+        parser.error("--grpc-use-ssl-mutual needs --grpc-root-cert (the CA of the client certificates)")
+    for given, flag in ((args.grpc_server_cert, "--grpc-server-cert"), (args.grpc_server_key, "--grpc-server-key"),
+                        (args.grpc_root_cert, "--grpc-root-cert")):
+        if given is not None and not (args.grpc_use_ssl or args.grpc_use_ssl_mutual):
+            parser.error(f"{flag} is set but --grpc-use-ssl is not: say --grpc-use-ssl=true to serve TLS")
+    if (args.http_ssl_cert is None) != (args.http_ssl_key is None):
+        parser.error("--http-ssl-cert and --http-ssl-key go together")
+    if args.http_ssl_client_ca is not None and args.http_ssl_cert is None:
+        parser.error("--http-ssl-client-ca needs --http-ssl-cert and --http-ssl-key")
+    if (args.grpc_target_client_cert is None) != (args.grpc_target_client_key is None):
+        parser.error("--grpc-target-client-cert and --grpc-target-client-key go together")
+    target_tls = args.grpc_target_ssl or args.grpc_target_root_cert or args.grpc_target_client_cert
+    if target_tls and not gateway:
+        parser.error("--grpc-target-* TLS flags are for gateway mode")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

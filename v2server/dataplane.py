@@ -60,6 +60,11 @@ class DataPlane:
         self._control_mode = control_mode
         self._accepting = False
 
+    def for_caller(self, authorization: str | None) -> DataPlane:
+        """The core a request talks to; in process there is no per-caller state (keys were checked at the
+        transport's edge), unlike the gateway's ``RemoteCore``, which forwards the caller's key."""
+        return self
+
     def set_accepting(self, accepting: bool) -> None:
         """Whether the server has finished starting (and not begun shutting down)."""
         self._accepting = accepting

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from v2server._proto import model_config_pb2 as mc
 from v2server.backends import StageTimes, TorchScriptInstance, load_instance, place_instances
 from v2server.batching import DynamicBatcher
 from v2server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ModelNotReady, V2Error
+from v2server.names import check_model_name
 from v2server.repository import (
     CONFIG_FILENAME,
     apply_override,
@@ -35,6 +34,7 @@ from v2server.repository import (
 )
 from v2server.repository.aliases import check_alias_name, read_aliases, write_aliases
 from v2server.repository.autocomplete import autocomplete_config, default_config
+from v2server.repository.uploads import Upload, check_upload_paths, write_upload
 from v2server.signature import Signature
 from v2server.statistics import DEFAULT_BUCKETS_US, VersionStatistics
 from v2server.tensors import Tensor
@@ -171,7 +171,7 @@ class Registry:
         self._wanted: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._fingerprints: dict[str, object] = {}
-        self._upload_dirs: dict[str, Path] = {}
+        self._uploads: dict[str, list[Upload]] = {}
         self._model_dirs: dict[str, Path] = {}
         self._aliases: dict[str, dict[str, int]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -182,6 +182,7 @@ class Registry:
         """The handle for ``name`` at ``version`` ("" or "-1": the highest ready version)."""
         versions = self._handles.get(name)
         if not versions:
+            check_model_name(name)  # only on a miss: a served name was checked when it was loaded
             if name in self._status:
                 raise ModelNotReady(f"model '{name}' is not ready: {self._reason(name)}")
             raise ModelNotFound(f"unknown model '{name}'")
@@ -198,9 +199,10 @@ class Registry:
         return sorted(self._handles.get(name, {}))
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (at ``version``) is serving; a malformed name or version is still an error."""
         try:
             self.get(name, version)
-        except V2Error:
+        except (ModelNotFound, ModelNotReady):
             return False
         return True
 
@@ -271,59 +273,110 @@ class Registry:
     # -- load, unload, poll -------------------------------------------------------------------------------
 
     async def load_all(self, names: Sequence[str] | None = None) -> list[ModelStatus]:
-        """Load ``names`` (every model on disk when None) concurrently; return the failures."""
-        targets = list(self._on_disk()) if names is None else list(names)
-        await asyncio.gather(*(self.load(name) for name in targets))
-        return [s for name in targets for s in self._status[name] if s.state is not ModelState.READY]
+        """Start-up: load ``names`` (every model on disk when None) concurrently; return the failures.
+
+        Every one of them counts for strict readiness, loaded or not (a model asked for at start that is
+        not serving makes the server not ready). A name in no repository is a failure, not an error.
+        """
+        targets = list(self._on_disk()) if names is None else list(dict.fromkeys(names))
+        self._wanted.update(targets)
+
+        async def load_one(name: str) -> list[ModelStatus]:
+            try:
+                return await self.load(name)
+            except InvalidRequest as exc:
+                self._status[name] = [ModelStatus(name, 0, ModelState.UNAVAILABLE, exc.message)]
+                return self._status[name]
+
+        results = await asyncio.gather(*(load_one(name) for name in targets))
+        return [s for statuses in results for s in statuses if s.state is not ModelState.READY]
 
     async def load(
         self, name: str, config_override: str | None = None, files: Mapping[str, bytes] | None = None
     ) -> list[ModelStatus]:
-        """Load or reload every version the policy selects; failures are recorded, not raised.
+        """Load or reload every version the policy selects; load failures are recorded, not raised.
 
         ``config_override`` is partial ModelConfig JSON merged over ``config.pbtxt``; ``files`` maps
-        ``<version>/<file>`` paths to contents that replace the repository's model folder entirely.
+        ``<version>/<file>`` paths to contents that replace the repository's model folder entirely. A bad
+        name or file path, or a name in no repository (without files), raises ``InvalidRequest`` and
+        changes nothing. A model that fails and is neither served nor on disk leaves no row behind.
         """
+        check_model_name(name)
+        if files:
+            check_upload_paths(list(files))
         async with self._lock(name):
-            self._wanted.add(name)
+            model_dir = self._on_disk().get(name)
+            if model_dir is None and not files:
+                raise InvalidRequest(f"failed to load '{name}': not found in the model repository")
+            previous = self._status.get(name)
             if not self._handles.get(name):
                 self._status[name] = [ModelStatus(name, 0, ModelState.LOADING)]
-            upload_dir = None
+            upload = None
             try:
-                model_dir = self._on_disk().get(name)
                 if files:
-                    upload_dir = model_dir = _write_upload(name, files)
-                elif model_dir is not None:
+                    upload = await asyncio.to_thread(write_upload, files)
+                    model_dir = upload.model_dir
+                else:
+                    assert model_dir is not None
                     self._fingerprints[name] = await asyncio.to_thread(fingerprint, model_dir)
                 handles, statuses = await self._build(name, model_dir, config_override)
             except ModelLoadError as exc:
                 handles, statuses = {}, [ModelStatus(name, 0, ModelState.UNAVAILABLE, exc.message)]
+            except BaseException:
+                self._restore_status(name, previous)
+                if upload is not None:
+                    upload.remove()
+                raise
+            if upload is not None:
+                for status in statuses:
+                    status.reason = upload.scrub(status.reason)
             for status in statuses:
                 if status.state is not ModelState.READY:
                     log.error("model '%s' version %d failed to load: %s", name, status.version, status.reason)
             old = self._handles.get(name, {})
-            if not handles and old:
-                reason = "; ".join(s.reason for s in statuses)
-                for status in self._status[name]:
-                    status.reason = f"reload failed, still serving the previous load: {reason}"
-                if upload_dir is not None:
-                    shutil.rmtree(upload_dir.parent, ignore_errors=True)
+            if not handles:
+                if upload is not None:
+                    upload.remove()
+                if old:
+                    reason = "; ".join(s.reason for s in statuses)
+                    for status in self._status[name]:
+                        status.reason = f"reload failed, still serving the previous load: {reason}"
+                elif upload is not None and name not in self._on_disk():
+                    self._restore_status(name, previous)
+                else:
+                    self._status[name] = statuses
                 return list(statuses)
-            self._handles[name] = handles
+            # A version that failed this time keeps serving its previous copy, as a fully failed reload does.
+            kept = {
+                s.version: old[s.version] for s in statuses if s.state is not ModelState.READY and s.version in old
+            }
+            for status in statuses:
+                if status.version in kept:
+                    status.state = ModelState.READY
+                    status.reason = f"reload failed, still serving the previous load: {status.reason}"
+            self._handles[name] = {**kept, **handles}
             self._status[name] = statuses
-            if model_dir is not None and handles:
-                self._model_dirs[name] = model_dir
-                self._aliases[name] = await asyncio.to_thread(read_aliases, model_dir)
-            self._retire(old.values(), self._upload_dirs.pop(name, None))
-            if upload_dir is not None:
-                self._upload_dirs[name] = upload_dir
-            if handles:
-                log.info("model '%s' ready, versions %s", name, sorted(handles))
+            self._wanted.add(name)
+            self._model_dirs[name] = model_dir
+            self._aliases[name] = await asyncio.to_thread(read_aliases, model_dir)
+            retired_uploads = [] if kept else self._uploads.pop(name, [])
+            if upload is not None:
+                self._uploads.setdefault(name, []).append(upload)
+            self._retire([h for v, h in old.items() if v not in kept], retired_uploads)
+            log.info("model '%s' ready, versions %s", name, sorted(self._handles[name]))
         await self._changed()
         return list(statuses)
 
+    def _restore_status(self, name: str, previous: list[ModelStatus] | None) -> None:
+        """Put back the status rows a load replaced (none: the name leaves no trace)."""
+        if previous is None:
+            self._status.pop(name, None)
+        else:
+            self._status[name] = previous
+
     async def unload(self, name: str) -> None:
         """Stop serving ``name``: new requests are refused at once, in-flight ones finish first."""
+        check_model_name(name)
         async with self._lock(name):
             if name not in self._status and name not in self._on_disk():
                 raise ModelNotFound(f"unknown model '{name}'")
@@ -333,9 +386,8 @@ class Registry:
                 ModelStatus(name, 0, ModelState.UNAVAILABLE, "unloaded")
             ]
             await asyncio.gather(*(handle.drain_and_close() for handle in handles.values()))
-            upload_dir = self._upload_dirs.pop(name, None)
-            if upload_dir is not None:
-                shutil.rmtree(upload_dir.parent, ignore_errors=True)
+            for upload in self._uploads.pop(name, []):
+                await asyncio.to_thread(upload.remove)
             self._status[name] = [ModelStatus(name, v, ModelState.UNAVAILABLE, "unloaded") for v in sorted(handles)] or [
                 ModelStatus(name, 0, ModelState.UNAVAILABLE, "unloaded")
             ]
@@ -350,7 +402,7 @@ class Registry:
             if self._fingerprints.get(name) != current:
                 log.info("model '%s' changed on disk: loading", name)
                 await self.load(name)
-        for name in [n for n in self._wanted if n not in on_disk and n not in self._upload_dirs]:
+        for name in [n for n in self._wanted if n not in on_disk and n not in self._uploads]:
             log.info("model '%s' was removed from the repository: unloading", name)
             await self.unload(name)
             self._fingerprints.pop(name, None)
@@ -365,8 +417,10 @@ class Registry:
         handles = [h for versions in self._handles.values() for h in versions.values()]
         self._handles.clear()
         await asyncio.gather(*(h.drain_and_close() for h in handles), *self._closing)
-        for upload_dir in self._upload_dirs.values():
-            shutil.rmtree(upload_dir.parent, ignore_errors=True)
+        for uploads in self._uploads.values():
+            for upload in uploads:
+                await asyncio.to_thread(upload.remove)
+        self._uploads.clear()
 
     # -- building -----------------------------------------------------------------------------------------
 
@@ -446,15 +500,16 @@ class Registry:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _retire(self, handles: object, upload_dir: Path | None) -> None:
-        """Close replaced handles once their requests drain, without holding up the swap."""
+    def _retire(self, handles: list[ModelHandle], uploads: list[Upload]) -> None:
+        """Close replaced handles once their requests drain, then delete their uploads, without holding up
+        the swap."""
 
-        async def retire(retired: list[ModelHandle]) -> None:
-            await asyncio.gather(*(h.drain_and_close() for h in retired))
-            if upload_dir is not None:
-                shutil.rmtree(upload_dir.parent, ignore_errors=True)
+        async def retire() -> None:
+            await asyncio.gather(*(h.drain_and_close() for h in handles))
+            for upload in uploads:
+                await asyncio.to_thread(upload.remove)
 
-        task = asyncio.create_task(retire(list(handles)))  # type: ignore[call-overload]
+        task = asyncio.create_task(retire())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -478,18 +533,3 @@ class Registry:
             found = {}
         found.update(self._single_models)
         return found
-
-
-def _write_upload(name: str, files: Mapping[str, bytes]) -> Path:
-    """Model files sent with a load request, in a private temporary model folder (``<tmp>/<name>``)."""
-    root = Path(tempfile.mkdtemp(prefix="v2server-upload-"))
-    model_dir = root / name
-    for relative, content in files.items():
-        path = PurePosixPath(relative)
-        if path.is_absolute() or ".." in path.parts or len(path.parts) < 2:
-            shutil.rmtree(root, ignore_errors=True)
-            raise ModelLoadError(f"file override 'file:{relative}' must be a relative '<version>/<file>' path")
-        target = model_dir.joinpath(*path.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    return model_dir

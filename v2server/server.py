@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,6 @@ import tornado.netutil
 import tornado.web
 from grpc_health.v1 import health
 
-from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
@@ -28,7 +28,9 @@ from v2server.memory import keep_freed_memory
 from v2server.metrics import make_registry, render
 from v2server.registry import Registry
 from v2server.rest_api.app import make_app, make_metrics_app
+from v2server.rest_api.remote_core import connect
 from v2server.settings import Settings
+from v2server.tls import grpc_channel_credentials, http_ssl_context
 
 __all__ = ["RestGateway", "V2Server", "run", "serve"]
 
@@ -44,12 +46,30 @@ class RestGateway:
     address: str
     port: int
     max_body_size: int
+    #: HTTPS when set
+    ssl_context: ssl.SSLContext | None = None
+    #: a connection must send a request head within this (Tornado's header and keep-alive idle timer)
+    idle_timeout: float = 60.0
+    #: and its body within this
+    body_timeout: float = 300.0
     bound_port: int | None = field(init=False, default=None)
     _server: tornado.httpserver.HTTPServer | None = field(init=False, default=None)
 
+    @classmethod
+    def for_settings(cls, app: tornado.web.Application, settings: Settings, address: str, port: int,
+                     max_body_size: int) -> RestGateway:
+        """A listener with the settings' TLS and timeouts."""
+        return cls(
+            app, address, port, max_body_size, http_ssl_context(settings),
+            settings.http_idle_timeout_seconds, settings.http_body_timeout_seconds,
+        )
+
     def start(self) -> int:
         """Bind (port 0: any free port) and serve; return the bound port."""
-        self._server = tornado.httpserver.HTTPServer(self.app, max_body_size=self.max_body_size, xheaders=False)
+        self._server = tornado.httpserver.HTTPServer(
+            self.app, max_body_size=self.max_body_size, xheaders=False, ssl_options=self.ssl_context,
+            idle_connection_timeout=self.idle_timeout, body_timeout=self.body_timeout,
+        )
         try:
             sockets = tornado.netutil.bind_sockets(self.port, self.address)
         except OSError as exc:
@@ -102,28 +122,25 @@ class V2Server:
         settings = self.settings
         self.keys.announce()
         if settings.allow_grpc:
-            self._grpc, self.grpc_port, self._health = create_grpc_server(
-                self.core, settings.grpc_address, settings.grpc_port, settings.grpc_max_message_size, self.access,
-                self.keys,
-            )
+            self._grpc, self.grpc_port, self._health = create_grpc_server(self.core, settings, self.access, self.keys)
             await set_serving(self._health, False)
             await self._grpc.start()
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
         if settings.allow_http:
-            self._rest = RestGateway(
+            self._rest = RestGateway.for_settings(
                 make_app(
                     self.core, settings.http_max_body_size, self.access, self.keys, settings.cors_allow_origins,
                     default_model=settings.default_model,
                 ),
-                settings.http_address,
-                settings.http_port, settings.http_max_body_size,
+                settings, settings.http_address, settings.http_port, settings.http_max_body_size,
             )
             self.http_port = self._rest.start()
             log.info("HTTP server listening on %s:%d", settings.http_address, self.http_port)
         if settings.allow_metrics:
             metrics = make_registry(lambda: (handle.stats for handle in self.registry.handles()))
-            self._metrics = RestGateway(
-                make_metrics_app(lambda: render(metrics)), settings.metrics_address, settings.metrics_port, 1 << 16
+            self._metrics = RestGateway.for_settings(
+                make_metrics_app(lambda: render(metrics), self.keys if settings.metrics_api_key_required else None),
+                settings, settings.metrics_address, settings.metrics_port, 1 << 16,
             )
             self.metrics_port = self._metrics.start()
             log.info("metrics server listening on %s:%d", settings.metrics_address, self.metrics_port)
@@ -182,18 +199,6 @@ class V2Server:
         return list(dict.fromkeys(self.settings.load_models))
 
 
-def grpc_core_stub(target: str, max_message_size: int) -> tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]:
-    """A grpc.aio stub to a remote core; it has the data plane's method names, so the gateway takes either."""
-    channel = grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", max_message_size),
-            ("grpc.max_receive_message_length", max_message_size),
-        ],
-    )
-    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
-
-
 async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -205,15 +210,16 @@ async def _until_signalled() -> None:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then drain."""
     if settings.grpc_target:
-        channel, stub = grpc_core_stub(settings.grpc_target, settings.grpc_max_message_size)
+        channel, remote = connect(
+            settings.grpc_target, settings.grpc_max_message_size, grpc_channel_credentials(settings)
+        )
         access = AccessLog(settings.log_format) if settings.log_requests else None
-        gateway = RestGateway(
+        gateway = RestGateway.for_settings(
             make_app(
-                stub, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins,
+                remote, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins,
                 default_model=settings.default_model,
             ),
-            settings.http_address, settings.http_port,
-            settings.http_max_body_size,
+            settings, settings.http_address, settings.http_port, settings.http_max_body_size,
         )
         port = gateway.start()
         log.info("REST gateway on %s:%d forwarding to gRPC core at %s", settings.http_address, port, settings.grpc_target)

@@ -62,3 +62,35 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     #: "uvloop" where installed (``auto``), else asyncio's own loop
     event_loop: str = "auto"
+    #: ``/metrics`` needs an API key too (off: Triton's metrics are open)
+    metrics_api_key_required: bool = False
+    # -- TLS (see tls.py) --
+    grpc_use_ssl: bool = False
+    grpc_use_ssl_mutual: bool = False
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    #: CA that client certificates must chain to (``--grpc-use-ssl-mutual``)
+    grpc_root_cert: Path | None = None
+    http_ssl_cert: Path | None = None
+    http_ssl_key: Path | None = None
+    #: CA that client certificates must chain to; set: HTTPS requires a client certificate
+    http_ssl_client_ca: Path | None = None
+    #: gateway mode: TLS to the core (with the system's roots unless ``grpc_target_root_cert``)
+    grpc_target_ssl: bool = False
+    grpc_target_root_cert: Path | None = None
+    grpc_target_client_cert: Path | None = None
+    grpc_target_client_key: Path | None = None
+    # -- connection limits --
+    #: seconds a connection gets to send a complete request head (also the keep-alive idle limit)
+    http_idle_timeout_seconds: float = 60.0
+    #: seconds a request gets to send its whole body once its head is in
+    http_body_timeout_seconds: float = 300.0
+    #: concurrent RPCs on one gRPC connection; more wait for a free stream
+    grpc_max_concurrent_streams: int = 128
+    #: Triton's gRPC keepalive flags, in milliseconds, with Triton's defaults
+    grpc_keepalive_time_ms: int = 7_200_000
+    grpc_keepalive_timeout_ms: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_max_pings_without_data: int = 2
+    grpc_http2_min_recv_ping_interval_without_data_ms: int = 300_000
+    grpc_http2_max_ping_strikes: int = 2

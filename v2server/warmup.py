@@ -27,6 +27,7 @@ import numpy as np
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import DataType, from_config_type
 from v2server.errors import InvalidRequest, ModelLoadError, V2Error
+from v2server.names import check_relative_path
 from v2server.tensors import Tensor, deserialize_bytes
 
 __all__ = ["WARMUP_FOLDER", "Instance", "WarmupRequest", "run_warmup", "warmup_requests"]
@@ -187,10 +188,11 @@ def _random(dt: DataType, count: int, rng: np.random.Generator) -> np.ndarray:
 
 def _from_file(name: str, filename: str, dt: DataType, count: int, model_dir: Path, fail: _Fail) -> np.ndarray:
     """One sample from ``<model_dir>/warmup/<filename>``, Triton's raw layout."""
-    relative = Path(filename)
-    if relative.is_absolute() or ".." in relative.parts:
-        raise fail(f"input '{name}': input_data_file '{filename}' must be a path inside {WARMUP_FOLDER}/")
-    path = model_dir / WARMUP_FOLDER / relative
+    try:
+        parts = check_relative_path(filename, f"input '{name}': input_data_file (a path inside {WARMUP_FOLDER}/)")
+    except InvalidRequest as exc:
+        raise fail(exc.message) from None
+    path = model_dir.joinpath(WARMUP_FOLDER, *parts)
     try:
         data = path.read_bytes()
     except OSError as exc:

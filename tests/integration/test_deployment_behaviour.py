@@ -34,7 +34,7 @@ def test_kserve_triton_runtime_command_line(tmp_path: Path) -> None:
             "--log-verbose=1", "--backend-config=pytorch,shm-default-byte-size=1", "--metrics-port=0",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
     with cli_process(args, until="server ready", command=[str(TRITONSERVER)]) as (_, log):
-        assert any("ignoring unsupported flag --backend-config" in line for line in log), "".join(log)
+        assert any("ignoring Triton tuning flag --backend-config" in line for line in log), "".join(log)
         port = logged_port(log, "gRPC server listening on")
         with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready() and client.is_model_ready("simple")

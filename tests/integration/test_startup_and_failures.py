@@ -103,10 +103,10 @@ def test_explicit_mode_loads_only_named_models() -> None:
 def test_command_line_serves_and_stops_cleanly_on_sigterm() -> None:
     """``python -m v2server`` as ``make run`` starts it: bound port in the log, clean exit on SIGTERM."""
     args = ["--model-repository", str(BUNDLED_REPOSITORY), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
-            "--allow-http=false", "--allow-metrics=false", "--some-triton-flag=1"]
+            "--allow-http=false", "--allow-metrics=false", "--pinned-memory-pool-byte-size=1"]
     with cli_process(args, until="server ready") as (_, log):
         port = logged_port(log, "gRPC server listening on")
-        assert any("ignoring unsupported flag --some-triton-flag=1" in line for line in log)
+        assert any("ignoring Triton tuning flag --pinned-memory-pool-byte-size" in line for line in log)
         with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready()
             a = np.arange(16, dtype=np.int32).reshape(1, 16)

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "v2server"
-SCENARIOS = ("cpu", "gpu", "autoscaling", "kserve-standard", "kserve-knative")
+SCENARIOS = ("cpu", "gpu", "autoscaling", "tls", "kserve-standard", "kserve-knative")
 
 Manifest = dict[str, Any]
 

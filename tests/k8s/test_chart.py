@@ -70,7 +70,7 @@ def test_prometheus_annotations(helm: Helm, scenario: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_gpu_limit_only_when_asked_for(helm: Helm, scenario: str) -> None:
     manifests = helm.render(scenario)
-    if scenario in PLAIN:
+    if scenario not in KSERVE:
         containers = [_server_container(manifests)]
     else:
         containers = _runtime(manifests)["spec"]["containers"] + [m["spec"]["predictor"]["model"] for m in find(manifests, "InferenceService")]

@@ -31,6 +31,12 @@ def _is_core(manifest: Manifest) -> bool:
     return "." not in group or group.endswith(".k8s.io")
 
 
+def test_every_ci_values_file_is_a_scenario() -> None:
+    """A new ci/*-values.yaml joins SCENARIOS, so the validators and lint below run on it too."""
+    files = {path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml")}
+    assert files == set(SCENARIOS)
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_core_objects_are_valid_kubernetes(helm: Helm, scenario: str, version: str) -> None:

@@ -54,7 +54,7 @@ def test_repositories_are_repeatable_under_either_name(flag: str) -> None:
     assert parse_settings(argv).model_repositories == (Path("/a"), Path("/b"), Path("/c"), Path("/d"))
 
 
-def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+def test_triton_tuning_flags_are_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="v2server"):
         settings = parse_settings(
             ["--backend-config", "pytorch,x=y", *REPO, "--pinned-memory-pool-byte-size=0", "--grpc-port", "1234"]
@@ -62,9 +62,46 @@ def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture
     assert settings.model_repositories == (Path("/models"),) and settings.grpc_port == 1234
     warned = [record.getMessage() for record in caplog.records]
     assert warned == [
-        "ignoring unsupported flag --backend-config",
-        "ignoring unsupported flag --pinned-memory-pool-byte-size=0",
+        "ignoring Triton tuning flag --backend-config: it has no effect on this server",
+        "ignoring Triton tuning flag --pinned-memory-pool-byte-size: it has no effect on this server",
     ]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    # security-relevant Triton flags we do not implement, a typo, and a prefix of a real flag
+    ["--http-restricted-api=model-repository:k=v", "--grpc-restricted-protocol=admin:k=v", "--allow-sagemaker=true",
+     "--grcp-use-ssl=true", "--grpc-use"],
+)
+def test_any_other_unknown_flag_stops_the_server(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_settings([*REPO, flag])
+    assert caught.value.code == 2
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_tls_flags(tmp_path: Path) -> None:
+    settings = parse_settings([*REPO, "--grpc-use-ssl-mutual=true", "--grpc-server-cert=c", "--grpc-server-key=k",
+                               "--grpc-root-cert=ca", "--http-ssl-cert=hc", "--http-ssl-key=hk",
+                               "--http-ssl-client-ca=hca", "--metrics-api-key-required"])
+    assert settings.grpc_use_ssl and settings.grpc_use_ssl_mutual  # mutual implies TLS
+    assert (settings.grpc_server_cert, settings.grpc_server_key, settings.grpc_root_cert) == (
+        Path("c"), Path("k"), Path("ca"))
+    assert (settings.http_ssl_cert, settings.http_ssl_key, settings.http_ssl_client_ca) == (
+        Path("hc"), Path("hk"), Path("hca"))
+    assert settings.metrics_api_key_required
+    gateway = parse_settings(["gateway", "--grpc-target=h:1", "--grpc-target-root-cert=ca",
+                              "--grpc-target-client-cert=c", "--grpc-target-client-key=k"])
+    assert gateway.grpc_target_root_cert == Path("ca") and gateway.grpc_target_client_key == Path("k")
+
+
+def test_connection_limit_flags() -> None:
+    settings = parse_settings([*REPO, "--http-header-timeout-secs=5", "--http-body-timeout-secs=7",
+                               "--grpc-max-concurrent-streams=3", "--grpc-http2-max-ping-strikes=0",
+                               "--grpc-keepalive-permit-without-calls"])
+    assert settings.http_idle_timeout_seconds == 5 and settings.http_body_timeout_seconds == 7
+    assert settings.grpc_max_concurrent_streams == 3 and settings.grpc_http2_max_ping_strikes == 0
+    assert settings.grpc_keepalive_permit_without_calls
 
 
 @pytest.mark.parametrize(
@@ -82,10 +119,25 @@ def test_unknown_flags_are_reported_and_ignored(caplog: pytest.LogCaptureFixture
             [*REPO, f"--grpc-max-message-size={DEFAULT_MAX_MESSAGE_SIZE + 1}"],
             f"--grpc-max-message-size must be in 1..{DEFAULT_MAX_MESSAGE_SIZE}",
         ),
+        # TLS half set: never a silent fallback to plaintext
+        ([*REPO, "--grpc-use-ssl=true"], "--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key"),
+        ([*REPO, "--grpc-use-ssl", "--grpc-server-cert=c"], "--grpc-use-ssl needs --grpc-server-cert and"),
+        ([*REPO, "--grpc-use-ssl-mutual", "--grpc-server-cert=c", "--grpc-server-key=k"],
+         "--grpc-use-ssl-mutual needs --grpc-root-cert"),
+        ([*REPO, "--grpc-server-cert=c", "--grpc-server-key=k"], "--grpc-server-cert is set but --grpc-use-ssl is not"),
+        ([*REPO, "--http-ssl-cert=c"], "--http-ssl-cert and --http-ssl-key go together"),
+        ([*REPO, "--http-ssl-client-ca=ca"], "--http-ssl-client-ca needs --http-ssl-cert"),
+        ([*REPO, "--grpc-target-root-cert=ca"], "--grpc-target-* TLS flags are for gateway mode"),
+        (["gateway", "--grpc-target=h:1", "--grpc-target-client-cert=c"],
+         "--grpc-target-client-cert and --grpc-target-client-key go together"),
+        ([*REPO, "--http-idle-timeout-secs=0"], "--http-idle-timeout-secs must be positive"),
+        ([*REPO, "--grpc-max-concurrent-streams=0"], "--grpc-max-concurrent-streams must be positive"),
     ],
     ids=[
         "no-repository", "load-model-default-mode", "load-model-none-mode", "poll-interval", "unknown-mode", "bad-bool",
-        "bad-int", "message-size-0", "message-size-too-big",
+        "bad-int", "message-size-0", "message-size-too-big", "grpc-ssl-no-files", "grpc-ssl-no-key",
+        "mutual-no-root", "cert-without-ssl", "http-cert-no-key", "client-ca-alone", "target-tls-not-gateway",
+        "target-client-cert-alone", "idle-timeout", "streams",
     ],
 )
 def test_refused_command_lines(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

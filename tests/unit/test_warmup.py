@@ -267,12 +267,12 @@ def _bytes_file(tmp_path: Path, data: bytes) -> str:
         (
             "",
             _entry("escape", INPUT__0='data_type: TYPE_FP32 dims: [ 2, 3 ] input_data_file: "../x.bin"'),
-            "input_data_file '../x.bin' must be a path inside warmup/",
+            "'../x.bin' must be a relative path inside its folder; its component '..' must not be '.' or '..'",
         ),
         (
             "",
             _entry("absolute", INPUT__0='data_type: TYPE_FP32 dims: [ 2, 3 ] input_data_file: "/etc/passwd"'),
-            "input_data_file '/etc/passwd' must be a path inside warmup/",
+            "'/etc/passwd' must be a relative path inside its folder; its component '' must not be empty",
         ),
     ],
 )

@@ -11,38 +11,57 @@ from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
 from v2server.grpc_api.interceptor import ErrorInterceptor
 from v2server.grpc_api.servicer import InferenceServicer
+from v2server.settings import Settings
+from v2server.tls import grpc_server_credentials
 
-__all__ = ["SERVICE_NAME", "create_grpc_server", "set_serving"]
+__all__ = ["SERVICE_NAME", "create_grpc_server", "server_options", "set_serving"]
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits, a cap on concurrent streams per connection, and keepalive enforcement (Triton's flags):
+    a client that pings more often than allowed collects strikes and is disconnected."""
+    return [
+        ("grpc.max_send_message_length", settings.grpc_max_message_size),
+        ("grpc.max_receive_message_length", settings.grpc_max_message_size),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", settings.grpc_keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.grpc_keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(settings.grpc_keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", settings.grpc_http2_max_pings_without_data),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            settings.grpc_http2_min_recv_ping_interval_without_data_ms,
+        ),
+        ("grpc.http2.max_ping_strikes", settings.grpc_http2_max_ping_strikes),
+    ]
+
+
 def create_grpc_server(
     core: DataPlane,
-    address: str,
-    port: int,
-    max_message_size: int,
+    settings: Settings,
     access: AccessLog | None = None,
     keys: ApiKeys | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server bound to ``address:port`` (0: any free port); returns it, the bound port and health."""
-    server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(access, keys)],
-        options=[
-            ("grpc.max_send_message_length", max_message_size),
-            ("grpc.max_receive_message_length", max_message_size),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    """A grpc.aio server bound to the settings' address and port (0: any free port), over TLS when
+    ``--grpc-use-ssl``; returns it, the bound port and the health servicer."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(access, keys)], options=server_options(settings))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    credentials = grpc_server_credentials(settings)
+    address = f"{settings.grpc_address}:{settings.grpc_port}"
     try:
-        bound = server.add_insecure_port(f"{address}:{port}")
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}:{port} (is the port in use?)")
+        raise OSError(f"cannot listen for gRPC on {address} (is the port in use?)")
     return server, bound, health_servicer
 
 

@@ -13,7 +13,8 @@ from google.protobuf import json_format, text_format
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import from_config_type
-from v2server.errors import ModelLoadError
+from v2server.errors import InvalidRequest, ModelLoadError
+from v2server.names import check_file_name
 
 __all__ = [
     "BACKEND",
@@ -91,6 +92,14 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str)
     config.platform, config.backend = PLATFORM, BACKEND
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_MODEL_FILENAME
+    # File names in a config (an override comes from a client) name files inside the version folder only.
+    file_fields = [("default_model_filename", config.default_model_filename)]
+    file_fields += [(f"cc_model_filenames['{k}']", v) for k, v in config.cc_model_filenames.items()]
+    for field, value in file_fields:
+        try:
+            check_file_name(value, field)
+        except InvalidRequest as exc:
+            raise fail(exc.message) from None
     if config.max_batch_size < 0:
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 import tornado.web
 
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
+from v2server.errors import Unauthenticated
 from v2server.rest_api import handlers, simple_handlers
 
 __all__ = ["make_app", "make_metrics_app"]
@@ -29,6 +31,7 @@ def make_app(
     model)."""
     deps = {
         "core": core,
+        "max_body_size": max_body_size,
         "access": access,
         "keys": keys if keys is not None and keys.enabled else None,
         "cors_origins": frozenset(cors_origins),
@@ -46,7 +49,7 @@ def make_app(
         (_MODEL + r"/stats", handlers.ModelStatisticsHandler, deps),
         (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
         (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
-        (_MODEL + r"/infer", handlers.InferHandler, {**deps, "max_body_size": max_body_size}),
+        (_MODEL + r"/infer", handlers.InferHandler, deps),
         (_MODEL, simple_handlers.ModelMetadataHandler, deps),
         (r"/v1/(?P<name>[^/]+)/aliases(?:/(?P<alias>[^/]+))?/?", simple_handlers.AliasesHandler, deps),
         (r"/v1/(?P<name>[^/]+)/(?P<selector>[^/]+)/?", simple_handlers.V1Handler, deps),
@@ -62,10 +65,21 @@ def make_app(
 
 
 class _MetricsHandler(tornado.web.RequestHandler):
-    """``GET /metrics``: Prometheus text, computed from the statistics at scrape time."""
+    """``GET /metrics``: Prometheus text, computed from the statistics at scrape time; behind the API keys
+    when ``--metrics-api-key-required``."""
 
-    def initialize(self, render: Callable[[], tuple[bytes, str]]) -> None:
+    def initialize(self, render: Callable[[], tuple[bytes, str]], keys: ApiKeys | None) -> None:
         self._render = render
+        self._keys = keys
+
+    def prepare(self) -> None:
+        if self._keys is not None:
+            try:
+                self._keys.check(self.request.headers.get("Authorization"))
+            except Unauthenticated as exc:
+                self.set_status(401)
+                self.set_header("Content-Type", "application/json")
+                self.finish(orjson.dumps({"error": exc.message}))
 
     def get(self) -> None:
         body, content_type = self._render()
@@ -73,6 +87,10 @@ class _MetricsHandler(tornado.web.RequestHandler):
         self.finish(body)
 
 
-def make_metrics_app(render: Callable[[], tuple[bytes, str]]) -> tornado.web.Application:
-    """The metrics listener's application (Triton serves ``/metrics`` on its own port, 8002)."""
-    return tornado.web.Application([(r"/metrics", _MetricsHandler, {"render": render})])
+def make_metrics_app(
+    render: Callable[[], tuple[bytes, str]], keys: ApiKeys | None = None
+) -> tornado.web.Application:
+    """The metrics listener's application (Triton serves ``/metrics`` on its own port, 8002); ``keys``:
+    scrapes need one of them."""
+    keys = keys if keys is not None and keys.enabled else None
+    return tornado.web.Application([(r"/metrics", _MetricsHandler, {"render": render, "keys": keys})])

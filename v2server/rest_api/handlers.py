@@ -1,16 +1,18 @@
 """Tornado handlers for the V2 REST routes: parse into the core's protobuf request, await, render.
 
 The ``core`` is anything with the RPC-named coroutine methods of ``inference.GRPCInferenceService``: the
-in-process ``DataPlane``, or a grpc.aio stub to a remote core (gateway mode). Errors from either are mapped
+in-process ``DataPlane``, or a ``RemoteCore`` stub to a remote core (gateway mode), bound per request to
+the caller's ``Authorization``. Errors from either are mapped
 to ``{"error": ...}`` exactly once, in ``write_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,7 +24,7 @@ from v2server._proto import model_config_pb2 as mc
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
 from v2server.datatypes import from_config_type
-from v2server.errors import InvalidRequest, V2Error, http_status
+from v2server.errors import InvalidRequest, Unauthenticated, V2Error, http_status
 from v2server.rest_api.compression import compress, decode_body, negotiate_encoding
 from v2server.rest_api.json_codec import (
     HEADER_LENGTH,
@@ -50,8 +52,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+@tornado.web.stream_request_body
 class _V2Handler(tornado.web.RequestHandler):
-    """Common plumbing: the core from the route table, API keys, CORS, JSON errors, JSON responses."""
+    """Common plumbing: the core from the route table, API keys, CORS, JSON errors, JSON responses.
+
+    Every route streams its body: ``prepare`` runs as soon as the headers arrive, so a request without a
+    valid key, or one that declares a body over the limit, is answered (401, 413) before any of its body
+    is read, and Tornado closes the connection rather than read the rest. ``body`` is the whole body.
+
+    One exception: a keyless request that declares a small body (``SMALL_BODY``, at most 64 KiB) is
+    refused once that body is in, so that the client reads a 401 rather than a connection reset (closing
+    a socket with unread data makes the kernel reset it). Every HTTP method of every subclass is wrapped
+    (``__init_subclass__``) to raise that refusal first, so no route can forget it.
+    """
+
+    #: a refused request whose declared body is at most this is read before the 401 (see above)
+    SMALL_BODY = 64 * 1024
 
     #: health routes stay open to probes when API keys are set
     needs_key = True
@@ -64,21 +80,58 @@ class _V2Handler(tornado.web.RequestHandler):
         keys: ApiKeys | None = None,
         cors_origins: frozenset[str] = frozenset(),
     ) -> None:
-        self.core = core
+        self.core = core.for_caller(self.request.headers.get("Authorization"))
         self.max_body_size = max_body_size
         self._access = access
         self._keys = keys
         self._cors_origins = cors_origins
         self._work: asyncio.Future[Any] | None = None
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._refusal: Unauthenticated | None = None
         self._record = access.begin("http", f"{self.request.method} {self.request.path}") if access else None
         self.set_default_headers()  # Tornado set them before initialize(); error paths set them again
 
-    def prepare(self) -> None:
-        self.check_key()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for verb in ("get", "post", "put", "delete", "patch"):
+            if verb in cls.__dict__:
+                setattr(cls, verb, _refused_first(cls.__dict__[verb]))
 
-    def check_key(self) -> None:
+    def prepare(self) -> None:
+        """Headers are in, the body is not: refuse a missing key or a declared oversize body now."""
+        declared_text = self.request.headers.get("Content-Length", "")
+        declared = int(declared_text) if declared_text.isdigit() else None
         if self.needs_key and self._keys is not None and self.request.method != "OPTIONS":
-            self._keys.check(self.request.headers.get("Authorization"))
+            try:
+                self._keys.check(self.request.headers.get("Authorization"))
+            except Unauthenticated as exc:
+                if declared is None or declared > self.SMALL_BODY:
+                    raise
+                self._refusal = exc
+        if self.max_body_size and declared is not None and declared > self.max_body_size:
+            self._too_large(declared)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refusal is not None:
+            return  # a refused small body is read only to be dropped
+        self._received += len(chunk)
+        if self.max_body_size and self._received > self.max_body_size:
+            self._too_large(self._received)
+        self._chunks.append(chunk)
+
+    def _too_large(self, size: int) -> None:
+        raise tornado.web.HTTPError(
+            413, "request body of %d bytes exceeds the limit of %d bytes (--http-max-body-size)",
+            size, self.max_body_size,
+        )
+
+    @property
+    def body(self) -> bytes:
+        """The request body as received (joined once)."""
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
 
     def set_default_headers(self) -> None:
         origin = self.request.headers.get("Origin")
@@ -148,6 +201,20 @@ class _V2Handler(tornado.web.RequestHandler):
             super().log_exception(typ, value, tb)
 
 
+def _refused_first(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+    """``method``, preceded by raising the refusal ``prepare`` deferred until a small body was read."""
+
+    @functools.wraps(method)
+    async def guarded(self: _V2Handler, *args: Any, **kwargs: Any) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        result = method(self, *args, **kwargs)
+        if result is not None:
+            await result
+
+    return guarded
+
+
 class NotFoundHandler(_V2Handler):
     """Unknown paths: 404 with a JSON body, like every other error."""
 
@@ -175,6 +242,10 @@ class ServerMetadataHandler(_V2Handler):
 
 
 class ModelReadyHandler(_V2Handler):
+    """Open to probes, like the server's health routes and gRPC ``ModelReady``."""
+
+    needs_key = False
+
     async def get(self, name: str, version: str | None) -> None:
         response = await self.core.ModelReady(pb.ModelReadyRequest(name=name, version=version or ""))
         self.write_status(response.ready)
@@ -202,7 +273,7 @@ class ModelStatisticsHandler(_V2Handler):
 
 class RepositoryIndexHandler(_V2Handler):
     async def post(self, repository: str | None = None) -> None:
-        body = self.request.body.strip()
+        body = self.body.strip()
         ready = False
         if body:
             try:
@@ -219,7 +290,7 @@ class RepositoryModelHandler(_V2Handler):
     """``POST /v2/repository/models/{m}/load|unload`` (bodies may be empty)."""
 
     async def post(self, repository: str | None, name: str, action: str) -> None:
-        parameters = parse_repository_request(self.request.body, f"{action} '{name}'")
+        parameters = parse_repository_request(self.body, f"{action} '{name}'")
         if action == "load":
             await self.core.RepositoryModelLoad(
                 pb.RepositoryModelLoadRequest(repository_name=repository or "", model_name=name, parameters=parameters)
@@ -232,35 +303,11 @@ class RepositoryModelHandler(_V2Handler):
         self.finish()
 
 
-@tornado.web.stream_request_body
 class InferHandler(_V2Handler):
     """``POST .../infer``: JSON, Triton's binary extension, compression; the body size is capped up front."""
 
-    def prepare(self) -> None:
-        # The key is checked in post(), once the body is read: refusing before would leave the client's
-        # body unread and the connection reset under it.
-        self._chunks: list[bytes] = []
-        self._received = 0
-        declared = self.request.headers.get("Content-Length")
-        if self.max_body_size and declared and declared.isdigit() and int(declared) > self.max_body_size:
-            self._too_large(int(declared))
-
-    def data_received(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self.max_body_size and self._received > self.max_body_size:
-            self._too_large(self._received)
-        self._chunks.append(chunk)
-
-    def _too_large(self, size: int) -> None:
-        raise tornado.web.HTTPError(
-            413, "request body of %d bytes exceeds the limit of %d bytes (--http-max-body-size)",
-            size, self.max_body_size,
-        )
-
     async def post(self, name: str, version: str | None) -> None:
-        self.check_key()
-        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        body = decode_body(body, self.request.headers.get("Content-Encoding"), self.max_body_size)
+        body = decode_body(self.body, self.request.headers.get("Content-Encoding"), self.max_body_size)
         header_length = self._header_length()
         if header_length == 0:
             request, options = await self._raw_binary_request(name, version or "", body)

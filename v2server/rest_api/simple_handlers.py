@@ -75,7 +75,7 @@ class V1Handler(_SimpleHandler):
             version = self.aliases("resolve_alias")(name, selector)  # once: moving the alias cannot split us
         batch = parse_batch_flag(self.get_query_argument("batch", None))
         model = await self.model(name, version)
-        plan = v1_plan(model, version, self.request.body, batch)
+        plan = v1_plan(model, version, self.body, batch)
         responses = await self.infer(plan)
         if responses is not None:
             self.write_json(v1_answer(plan, responses))
@@ -96,7 +96,7 @@ class AliasesHandler(_SimpleHandler):
     async def put(self, name: str, alias: str | None = None) -> None:
         if alias is None:
             raise Unsupported("PUT needs an alias: /v1/{model}/aliases/{alias}")
-        version = parse_alias_version(self.request.body)
+        version = parse_alias_version(self.body)
         self.write_json(await self.aliases("set_model_alias")(name, alias, version))
 
     async def delete(self, name: str, alias: str | None = None) -> None:
@@ -130,7 +130,7 @@ class PredictHandler(_SimpleHandler):
     async def post(self, name: str | None = None) -> None:
         name = name or await self._default()
         model = await self.model(name, "")
-        plan = predict_plan(model, "", self.request.body)
+        plan = predict_plan(model, "", self.body)
         responses = await self.infer(plan)
         if responses is not None:
             self.write_json(predict_answer(plan, responses))

@@ -64,20 +64,87 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --model-control-mode={{ .Values.server.modelControlMode }}
 - --exit-timeout-secs={{ .Values.server.exitTimeoutSeconds }}
 - --log-verbose={{ .Values.server.logVerbose }}
+{{- include "v2server.tlsArgs" . }}
 {{- range .Values.server.extraArgs }}
 - {{ . | quote }}
 {{- end }}
 {{- end }}
 
-{{/* One probe from its values: httpGet on the http port, or grpc.health.v1 on the gRPC port. */}}
+{{/* Where the TLS Secret is mounted (tls.enabled). */}}
+{{- define "v2server.tlsDir" -}}
+/etc/v2server/tls
+{{- end }}
+
+{{/* The flags that turn TLS on for the chosen transports; nothing when tls.enabled is off. */}}
+{{- define "v2server.tlsArgs" -}}
+{{- $tls := .Values.tls }}
+{{- $dir := include "v2server.tlsDir" . }}
+{{- if $tls.enabled }}
+{{- if $tls.http }}
+- --http-ssl-cert={{ $dir }}/tls.crt
+- --http-ssl-key={{ $dir }}/tls.key
+{{- if $tls.mutual }}
+- --http-ssl-client-ca={{ $dir }}/ca.crt
+{{- end }}
+{{- end }}
+{{- if $tls.grpc }}
+- --grpc-use-ssl=true
+- --grpc-server-cert={{ $dir }}/tls.crt
+- --grpc-server-key={{ $dir }}/tls.key
+{{- if $tls.mutual }}
+- --grpc-use-ssl-mutual=true
+- --grpc-root-cert={{ $dir }}/ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secret as a volume: only the keys the server reads, so a missing one fails the mount, not the server. */}}
+{{- define "v2server.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- if .Values.tls.mutual }}
+      - key: ca.crt
+        path: ca.crt
+      {{- end }}
+{{- end }}
+
+{{- define "v2server.tlsVolumeMount" -}}
+- name: tls
+  mountPath: {{ include "v2server.tlsDir" . }}
+  readOnly: true
+{{- end }}
+
+{{/* One probe from its values: httpGet on the http port (HTTPS under tls.http), grpc.health.v1 on the gRPC port,
+     or a TCP connect to the http port. The kubelet's probes neither speak TLS over gRPC nor present client
+     certificates: refuse those. */}}
 {{- define "v2server.probe" -}}
+{{- $tls := .root.Values.tls -}}
+{{- if and $tls.enabled $tls.grpc (eq .probe.type "grpc") -}}
+{{- fail (printf "probes.%s.type is grpc, but tls.grpc is on and the kubelet's grpc probe cannot speak TLS: set probes.%s.type=http, or tls.grpc=false" .name .name) -}}
+{{- end -}}
+{{- if and $tls.enabled $tls.http $tls.mutual (eq .probe.type "http") -}}
+{{- fail (printf "probes.%s is an httpGet probe, but tls.mutual makes the http port require a client certificate, which the kubelet cannot present: set probes.%s.type=tcp (a TCP connect), probes.%s.enabled=false, or type grpc with tls.grpc=false" .name .name .name) -}}
+{{- end -}}
 {{- if eq .probe.type "grpc" -}}
 grpc:
   port: {{ .root.Values.ports.grpc }}
+{{- else if eq .probe.type "tcp" -}}
+tcpSocket:
+  port: {{ .root.Values.ports.http }}
 {{- else -}}
 httpGet:
   path: {{ .probe.path }}
   port: {{ .root.Values.ports.http }}
+  {{- if and $tls.enabled $tls.http }}
+  scheme: HTTPS
+  {{- end }}
 {{- end }}
 periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
@@ -100,6 +167,14 @@ failureThreshold: {{ .probe.failureThreshold }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.metrics | quote }}
 prometheus.io/path: /metrics
+{{- include "v2server.metricsScheme" . }}
+{{- end }}
+
+{{/* The server serves metrics with REST's HTTPS settings: under tls.http, scrapers must use https. */}}
+{{- define "v2server.metricsScheme" -}}
+{{- if and .Values.tls.enabled .Values.tls.http }}
+prometheus.io/scheme: https
+{{- end }}
 {{- end }}
 
 {{/* Reject value combinations the schema cannot express. */}}
@@ -109,5 +184,34 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- include "v2server.validateTLS" . }}
+{{- end }}
+
+{{/* TLS settings the schema cannot check (the ServingRuntime includes this on its own). */}}
+{{- define "v2server.validateTLS" -}}
+{{- $tls := .Values.tls }}
+{{- if $tls.enabled }}
+{{- if not $tls.secretName }}
+{{- fail "tls.secretName is required when tls.enabled: the Secret holding tls.crt and tls.key (and ca.crt when tls.mutual)" }}
+{{- end }}
+{{- if and .Values.kserve.enabled (eq .Values.kserve.deploymentMode "Knative") }}
+{{- $routed := ternary "grpc" "http" (eq .Values.kserve.protocolVersion "grpc-v2") }}
+{{- if index $tls $routed }}
+{{- fail (printf "tls.%s cannot be on with kserve.deploymentMode=Knative and protocolVersion=%s: Knative's queue-proxy forwards plain HTTP/h2c to the container (terminate TLS at Knative's ingress), so set tls.%s=false" $routed .Values.kserve.protocolVersion $routed) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* NOTES.txt's TLS lines. */}}
+{{- define "v2server.tlsNote" }}
+{{- $tls := .Values.tls }}
+{{- if $tls.enabled }}
+
+TLS on {{ if and $tls.http $tls.grpc }}REST, metrics and gRPC{{ else if $tls.http }}REST and metrics (gRPC is plaintext){{ else }}gRPC (REST and metrics are plaintext){{ end }}, with the certificate in Secret "{{ $tls.secretName }}".
+{{- if $tls.mutual }}
+Mutual TLS: clients{{ if $tls.http }}, Prometheus included,{{ end }} must present a certificate signed by the Secret's ca.crt.
+{{- end }}
 {{- end }}
 {{- end }}
