@@ -5,6 +5,7 @@ Errors name the file and the field, because an operator reads them in a log far 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -64,8 +65,11 @@ def apply_override(config: mc.ModelConfig, override_json: str) -> mc.ModelConfig
     """
     override = mc.ModelConfig()
     try:
-        json_format.Parse(override_json, override)
-    except (json_format.ParseError, ValueError) as exc:
+        document = json.loads(override_json)
+        if not isinstance(document, dict):
+            raise ValueError("it must be a JSON object")
+        json_format.ParseDict(document, override)
+    except (json_format.ParseError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"config override is not valid ModelConfig JSON: {exc}") from None
     merged = mc.ModelConfig()
     merged.CopyFrom(config)

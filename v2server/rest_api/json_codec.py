@@ -499,6 +499,8 @@ def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepos
         elif isinstance(value, bool):
             parameters[key] = pb.ModelRepositoryParameter(bool_param=value)
         elif isinstance(value, int):
+            if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+                raise InvalidRequest(f"{where}: parameter '{key}' is out of the 64-bit signed integer range")
             parameters[key] = pb.ModelRepositoryParameter(int64_param=value)
         elif isinstance(value, str):
             parameters[key] = pb.ModelRepositoryParameter(string_param=value)
