@@ -121,6 +121,26 @@ class V2Server:
         """Listen, load the models, then report ready."""
         settings = self.settings
         self.keys.announce()
+        try:
+            await self._listen()
+        except BaseException:
+            await self.stop(grace=0)  # a listener already started (gRPC, then a bad HTTPS file) must not leak
+            raise
+        names = self._startup_models() if settings.model_control_mode == "explicit" else None
+        failures = await self.registry.load_all(names)
+        if failures and settings.exit_on_error:
+            reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
+            await self.stop(grace=0)
+            raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
+        self.core.set_accepting(True)
+        await self._readiness_changed()
+        if settings.model_control_mode == "poll":
+            self._poller = asyncio.create_task(self._poll(settings.repository_poll_seconds))
+        log.info("server ready: %s", self.core.ready)
+
+    async def _listen(self) -> None:
+        """Start the enabled listeners; a TLS file that cannot be used raises ``V2Error``, a busy port ``OSError``."""
+        settings = self.settings
         if settings.allow_grpc:
             self._grpc, self.grpc_port, self._health = create_grpc_server(self.core, settings, self.access, self.keys)
             await set_serving(self._health, False)
@@ -144,17 +164,6 @@ class V2Server:
             )
             self.metrics_port = self._metrics.start()
             log.info("metrics server listening on %s:%d", settings.metrics_address, self.metrics_port)
-        names = self._startup_models() if settings.model_control_mode == "explicit" else None
-        failures = await self.registry.load_all(names)
-        if failures and settings.exit_on_error:
-            reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
-            await self.stop(grace=0)
-            raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
-        self.core.set_accepting(True)
-        await self._readiness_changed()
-        if settings.model_control_mode == "poll":
-            self._poller = asyncio.create_task(self._poll(settings.repository_poll_seconds))
-        log.info("server ready: %s", self.core.ready)
 
     async def _readiness_changed(self) -> None:
         if self._health is not None:

@@ -220,6 +220,8 @@ class NotFoundHandler(_V2Handler):
 
     def prepare(self) -> None:
         super().prepare()
+        if self._refusal is not None:  # keyless with a small body: 401 as on GET, not a hint of which paths exist
+            raise self._refusal
         raise tornado.web.HTTPError(404, "no route for %s %s", self.request.method, self.request.path)
 
 
