@@ -87,7 +87,8 @@ def loopback_settings(*repositories: Path, **overrides: object) -> Settings:
 
 @contextlib.contextmanager
 def cli_process(
-    args: list[str], until: str, command: Sequence[str] = (sys.executable, "-m", "v2server")
+    args: list[str], until: str, command: Sequence[str] = (sys.executable, "-m", "v2server"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
     """``python -m v2server ARGS`` until a log line matches ``until``; on exit SIGTERM, and it must exit 0.
 
@@ -95,7 +96,7 @@ def cli_process(
     """
     process = subprocess.Popen(
         [*command, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     assert process.stderr is not None
     try:

@@ -1,23 +1,32 @@
 """Every operation of ``inference.GRPCInferenceService``, on protobuf messages, transport-free.
 
-Methods carry the RPC names so that this object and a grpc.aio stub are interchangeable: the gRPC servicer
-delegates here in one line per RPC and the REST gateway awaits the same methods (in-process or through a stub).
-Policy (validation, lookup, errors) lives here once; the transports only translate.
+Methods carry the RPC names so that this object and a grpc.aio stub are interchangeable: ``DataPlane`` and
+the REST gateway's ``RemoteCore`` both satisfy ``v2server.core.InferenceCore``. The gRPC servicer delegates
+here in one line per RPC and the REST gateway awaits the same methods (in-process or through a stub). Policy
+(validation, lookup, errors, the raw binary request's shape rule) lives here once; the transports only
+translate. What the transports want to log about an inference they learn from ``observe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
 
-from v2server import __version__, access_log
+from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
+from v2server.core import InferenceObserver, InferenceReport
 from v2server.errors import InvalidRequest, Unsupported, V2Error
-from v2server.inference import decode_inputs, encode_response, requested_outputs, schedule_parameters
+from v2server.inference import (
+    complete_raw_binary,
+    decode_inputs,
+    encode_response,
+    is_raw_binary,
+    requested_outputs,
+    schedule_parameters,
+)
+from v2server.handle import Execution, ModelHandle
 from v2server.registry import ModelState, Registry
-from v2server.repository import PLATFORM
 from v2server.settings import ControlMode
 
 __all__ = ["EXTENSIONS", "DataPlane"]
@@ -36,12 +45,8 @@ EXTENSIONS: tuple[str, ...] = (
 )
 
 
-def _unimplemented(rpc: str) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def method(self: Any, request: Any) -> Any:
-        raise Unsupported(f"{rpc} is not implemented by this server yet")
-
-    method.__name__ = rpc
-    return method
+def _unimplemented(rpc: str) -> Unsupported:
+    return Unsupported(f"{rpc} is not implemented by this server yet")
 
 
 class DataPlane:
@@ -59,11 +64,17 @@ class DataPlane:
         self._strict_readiness = strict_readiness
         self._control_mode = control_mode
         self._accepting = False
+        self._observers: list[InferenceObserver] = []
 
     def for_caller(self, authorization: str | None) -> DataPlane:
         """The core a request talks to; in process there is no per-caller state (keys were checked at the
         transport's edge), unlike the gateway's ``RemoteCore``, which forwards the caller's key."""
         return self
+
+    def observe(self, observer: InferenceObserver) -> None:
+        """Report every inference from now on to ``observer`` (each observer once, however often it asks)."""
+        if not any(known is observer for known in self._observers):
+            self._observers.append(observer)
 
     def set_accepting(self, accepting: bool) -> None:
         """Whether the server has finished starting (and not begun shutting down)."""
@@ -93,7 +104,7 @@ class DataPlane:
         return pb.ModelMetadataResponse(
             name=handle.name,
             versions=[str(v) for v in self._registry.ready_versions(handle.name)],
-            platform=PLATFORM,
+            platform=handle.config.platform,
             inputs=[
                 pb.ModelMetadataResponse.TensorMetadata(
                     name=s.name, datatype=s.datatype.name, shape=signature.full_shape(s)
@@ -125,20 +136,32 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """One inference. A raw binary request (no inputs, one raw entry) is described from the model's config
+        first. Observers hear of every request that reached a model version, whether it succeeded or not."""
         handle = self._registry.get(request.model_name, request.model_version)
-        record = access_log.current()
-        if record is not None:
-            record.model, record.version, record.request_id = handle.name, str(handle.version), request.id
+        execution: Execution | None = None
+        try:
+            execution = await self._execute(handle, request)
+            return encode_response(request, handle.name, handle.version, execution.outputs)
+        finally:
+            if self._observers:
+                ran = (execution.batch_size, execution.queue_ns, execution.compute_ns) if execution else (0, 0, 0)
+                report = InferenceReport(request.id, handle.name, str(handle.version), *ran)
+                for observer in self._observers:
+                    observer.inferred(request, report)
+
+    async def _execute(self, handle: ModelHandle, request: pb.ModelInferRequest) -> Execution:
         signature = handle.signature
+        if is_raw_binary(request):
+            complete_raw_binary(request, signature)
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
         inputs = decode_inputs(request)
         priority, timeout_us = schedule_parameters(request)
-        results = await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
-        return encode_response(request, handle.name, handle.version, results)
+        return await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
 
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest]
+        self, requests: AsyncIterable[pb.ModelInferRequest]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request, as each completes; a failure is an ``error_message`` and the stream goes on.
 
@@ -246,11 +269,11 @@ class DataPlane:
 
     # -- version aliases: no RPC carries them; the REST /v1 routes call these on the in-process core ---------
 
-    def resolve_alias(self, name: str, alias: str) -> str:
+    async def resolve_alias(self, name: str, alias: str) -> str:
         """The version string ``alias`` of model ``name`` points to now (unknown alias: ModelNotFound)."""
         return self._registry.resolve_alias(name, alias)
 
-    def model_aliases(self, name: str) -> dict[str, int]:
+    async def model_aliases(self, name: str) -> dict[str, int]:
         return self._registry.aliases(name)
 
     async def set_model_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
@@ -259,15 +282,43 @@ class DataPlane:
     async def delete_model_alias(self, name: str, alias: str) -> dict[str, int]:
         return await self._registry.delete_alias(name, alias)
 
-    SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
-    SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
-    SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")
-    CudaSharedMemoryStatus = _unimplemented("CudaSharedMemoryStatus")
-    CudaSharedMemoryRegister = _unimplemented("CudaSharedMemoryRegister")
-    CudaSharedMemoryUnregister = _unimplemented("CudaSharedMemoryUnregister")
-    TraceSetting = _unimplemented("TraceSetting")
-    LogSettings = _unimplemented("LogSettings")
+    # -- not implemented: shared memory, trace and log settings ---------------------------------------------
 
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        raise _unimplemented("SystemSharedMemoryStatus")
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        raise _unimplemented("SystemSharedMemoryRegister")
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        raise _unimplemented("SystemSharedMemoryUnregister")
+
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        raise _unimplemented("CudaSharedMemoryStatus")
+
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise _unimplemented("CudaSharedMemoryRegister")
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        raise _unimplemented("CudaSharedMemoryUnregister")
+
+    async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
+        raise _unimplemented("TraceSetting")
+
+    async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+        raise _unimplemented("LogSettings")
 
 def _sequence_key(request: pb.ModelInferRequest) -> str:
     parameter = request.parameters.get("sequence_id")

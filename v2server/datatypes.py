@@ -32,6 +32,16 @@ class DataType:
         """Bytes per element on the wire (0 for BYTES, whose elements vary)."""
         return 0 if self.name == "BYTES" else self.numpy.itemsize
 
+    @property
+    def kind(self) -> str:
+        """What its elements are: ``"bool"``, ``"int"``, ``"float"`` or ``"bytes"``.
+
+        Read this rather than ``numpy.kind``: BF16 is a float stored as ``uint16`` bits.
+        """
+        if self.name in ("BOOL", "BYTES"):
+            return self.name.lower()
+        return "float" if self.name == "BF16" or self.numpy.kind == "f" else "int"
+
 
 def _row(name: str, np_type: type | str, torch_type: torch.dtype | None, field: str | None) -> DataType:
     config_type = "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}"

@@ -2,21 +2,58 @@
 
 The rules that tritonclient depends on live here: raw contents are indexed over the inputs that use them,
 typed and raw contents never mix, and every output gets exactly one ``raw_output_contents`` entry, in the
-order of ``outputs``.
+order of ``outputs``. A request with no inputs and a single raw entry (REST's raw binary request) is
+completed from the model's signature here, in the core, so that every transport sends one message for it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest, Unsupported
 from v2server.signature import Signature
-from v2server.tensors import Tensor, from_contents, from_raw, to_raw
+from v2server.tensors import Tensor, count_bytes_elements, from_contents, from_raw, to_raw
 
-__all__ = ["decode_inputs", "encode_response", "requested_outputs", "schedule_parameters"]
+__all__ = [
+    "complete_raw_binary",
+    "decode_inputs",
+    "encode_response",
+    "is_raw_binary",
+    "requested_outputs",
+    "schedule_parameters",
+]
 
 _SHM_PARAMETER = "shared_memory_region"
+
+
+def is_raw_binary(request: pb.ModelInferRequest) -> bool:
+    """Whether ``request`` is a raw binary request: no inputs described, one raw entry holding the input."""
+    return not request.inputs and len(request.raw_input_contents) == 1
+
+
+def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature) -> None:
+    """Describe the one input of a raw binary request (Triton's ``Inference-Header-Content-Length: 0``).
+
+    The model must have exactly one input; its name and datatype come from the config and its shape is the
+    config's dims, with batch 1 in front when the model batches and a single -1 dim derived from the byte
+    count (the element count for BYTES). The request is completed in place, so the raw bytes are not copied.
+    """
+    if len(signature.inputs) != 1:
+        raise InvalidRequest(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly one input; "
+            f"'{request.model_name}' has {len(signature.inputs)}"
+        )
+    spec = next(iter(signature.inputs.values()))
+    dims = list(spec.dims)
+    if dims.count(-1) == 1:
+        raw = request.raw_input_contents[0]
+        known = math.prod(d for d in dims if d != -1)
+        count = count_bytes_elements(raw) if spec.datatype.name == "BYTES" else len(raw) // spec.datatype.itemsize
+        dims[dims.index(-1)] = count // known if known else 0
+    shape = ([1] if signature.max_batch_size > 0 else []) + dims
+    request.inputs.add(name=spec.name, datatype=spec.datatype.name, shape=shape)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:

@@ -117,6 +117,16 @@ class V2Server:
             self.registry, settings.server_name, settings.strict_readiness, settings.model_control_mode
         )
 
+    @property
+    def rest_app(self) -> tornado.web.Application | None:
+        """The REST gateway's application (its route table), once started with HTTP allowed."""
+        return self._rest.app if self._rest is not None else None
+
+    @property
+    def metrics_app(self) -> tornado.web.Application | None:
+        """The metrics listener's application, once started with metrics allowed."""
+        return self._metrics.app if self._metrics is not None else None
+
     async def start(self) -> None:
         """Listen, load the models, then report ready."""
         settings = self.settings

@@ -20,17 +20,17 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from v2server._proto import model_config_pb2 as mc
+from v2server.backends.base import ModelInstance
 from v2server.datatypes import DataType, from_config_type
 from v2server.errors import InvalidRequest, ModelLoadError, V2Error
 from v2server.names import check_relative_path
 from v2server.tensors import Tensor, deserialize_bytes
 
-__all__ = ["WARMUP_FOLDER", "Instance", "WarmupRequest", "run_warmup", "warmup_requests"]
+__all__ = ["WARMUP_FOLDER", "WarmupRequest", "run_warmup", "warmup_requests"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ WARMUP_FOLDER = "warmup"
 _ALPHABET = np.frombuffer((string.ascii_letters + string.digits).encode(), dtype=np.uint8)
 
 _Fail = Callable[[str], ModelLoadError]
-
-
-class Instance(Protocol):
-    """What warmup needs of a loaded instance (``TorchScriptInstance`` is one)."""
-
-    async def execute(
-        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
-    ) -> list[Tensor]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +65,7 @@ def warmup_requests(config: mc.ModelConfig, model_dir: Path) -> list[WarmupReque
 
 
 async def run_warmup(
-    instances: Sequence[Instance], requests: Sequence[WarmupRequest], output_names: Sequence[str]
+    instances: Sequence[ModelInstance], requests: Sequence[WarmupRequest], output_names: Sequence[str]
 ) -> None:
     """Run every request ``count`` times, in order, on every instance; instances warm up concurrently.
 
@@ -85,11 +77,11 @@ async def run_warmup(
     """
     outputs = list(output_names)
 
-    async def warm(instance: Instance) -> None:
+    async def warm(instance: ModelInstance) -> None:
         for request in requests:
             for _ in range(request.count):
                 try:
-                    await instance.execute(request.inputs, outputs, request.batch_size)
+                    await instance.execute_timed(request.inputs, outputs, request.batch_size)
                 except Exception as exc:  # the model's or our failure: either way the version cannot serve
                     reason = exc.message if isinstance(exc, V2Error) else (str(exc) or type(exc).__name__)
                     raise ModelLoadError(f"model_warmup '{request.name}' failed: {reason}") from exc

@@ -187,12 +187,12 @@ def rest_matrix(running: RunningServer) -> list[Row]:
     """Every (route, method, path) of the server's REST and metrics listeners, called by every caller.
 
     Rows are sent route by route in table order; load/unload name a model that does not exist."""
-    listeners = {"rest": (running.server._rest, running.server.http_port),
-                 "metrics": (running.server._metrics, running.server.metrics_port)}
+    listeners = {"rest": (running.server.rest_app, running.server.http_port),
+                 "metrics": (running.server.metrics_app, running.server.metrics_port)}
     rows = []
-    for listener, (gateway, port) in listeners.items():
-        assert gateway is not None and port is not None
-        for route, path in routes_of(gateway.app, listener):
+    for listener, (app, port) in listeners.items():
+        assert app is not None and port is not None
+        for route, path in routes_of(app, listener):
             for method in route.methods:
                 statuses = {caller: call(port, method, path, header) for caller, header in CALLERS}
                 rows.append(Row(route, method, path, statuses))
@@ -233,12 +233,12 @@ def test_expand_understands_the_route_table_syntax() -> None:
 
 
 def test_rest_matrix_covers_every_route_and_method(secured: RunningServer, rest_rows: list[Row]) -> None:
-    for listener, gateway in (("rest", secured.server._rest), ("metrics", secured.server._metrics)):
-        assert gateway is not None
-        rules = gateway.app.wildcard_router.rules
+    for listener, app in (("rest", secured.server.rest_app), ("metrics", secured.server.metrics_app)):
+        assert app is not None
+        rules = app.wildcard_router.rules
         expected = {(i, m) for i, rule in enumerate(rules) for m in handler_methods(rule.target)}
-        if gateway.app.settings.get("default_handler_class") is not None:
-            expected |= {(-1, m) for m in handler_methods(gateway.app.settings["default_handler_class"], True)}
+        if app.settings.get("default_handler_class") is not None:
+            expected |= {(-1, m) for m in handler_methods(app.settings["default_handler_class"], True)}
         tested = {(row.route.index, row.method) for row in rest_rows if row.route.listener == listener}
         assert tested == expected and len(rules) > 0
     assert len({row.route for row in rest_rows if row.route.listener == "rest"}) >= 14  # today's table, at least

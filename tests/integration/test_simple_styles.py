@@ -103,7 +103,7 @@ def test_v1_errors(server: RunningServer) -> None:
     status, error = _post(server, "/v1/example_adder/latest", {"data": [1, 2]})
     assert status == 400 and "takes 3 arguments (a, b, c)" in error["error"]
     status, error = _post(server, "/v1/example_doubler/latest", {"data": "ten"})
-    assert status == 400 and "argument 'foo'" in error["error"]
+    assert (status, error) == (400, {"error": "input 'foo': data must be integers for INT64, got string \"ten\""})
     assert _post(server, "/v1/no_such_model/latest", {"data": 1})[0] == 404
     assert _post(server, "/v1/example_doubler/9", {"data": 1})[0] == 404
     status, error = _post(server, "/v1/example_doubler/official", {"data": 1})
@@ -112,6 +112,25 @@ def test_v1_errors(server: RunningServer) -> None:
     assert status == 500 and "negative input is not allowed" in error["error"]
     assert _post(server, "/v1/example_doubler/latest", b"{not json")[0] == 400
     assert _post(server, "/v1/example_doubler/latest", {"value": 1})[0] == 400
+
+
+@pytest.mark.parametrize(
+    ("model", "value", "message"),
+    [
+        ("identity_fp16", 70000.0, "input 'INPUT0': a value is out of range for FP16"),
+        ("identity_bf16", 3.4e38, "input 'INPUT0': a value is out of range for BF16"),
+        ("identity_int8", 300, "input 'INPUT0': value 300 is out of range for INT8"),
+        ("identity_int32", True, "input 'INPUT0': data must be integers for INT32, got boolean true"),
+    ],
+)
+def test_a_bad_value_gets_the_same_400_from_v2_v1_and_predict(
+    server: RunningServer, model: str, value: Any, message: str
+) -> None:
+    datatype = model.removeprefix("identity_").upper()
+    v2 = {"inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [1, 2], "data": [1, value]}]}
+    assert _post(server, f"/v2/models/{model}/infer", v2) == (400, {"error": message})
+    assert _post(server, f"/v1/{model}/latest", {"data": [1, value]}) == (400, {"error": message})
+    assert _post(server, f"/models/{model}/predict", {"INPUT0": [1, value]}) == (400, {"detail": message})
 
 
 # -- aliases -------------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import torch
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends import load_instance
+from v2server.backends import resolve
+from v2server.backends.torchscript import load_instance
 from v2server.errors import ModelLoadError
-from v2server.repository.autocomplete import autocomplete_config, default_config
-from v2server.repository.config import complete_config
+from v2server.backends.torchscript.autocomplete import autocomplete_config
+from v2server.repository.config import complete_config, default_config
 from v2server.signature import Signature
 from v2server.tensors import from_raw, serialize_bytes
 
@@ -146,6 +147,7 @@ def test_a_script_module_completes_like_a_function(tmp_path: Path) -> None:
 def test_the_completed_config_validates(tmp_path: Path) -> None:
     config = default_config("pair")
     autocomplete_config(config, _load(tmp_path, pair))
+    resolve(config, "<auto-complete>")
     complete_config(config, "pair", "<auto-complete>")
     assert (config.platform, config.backend) == ("pytorch_libtorch", "pytorch")
     assert config.default_model_filename == "model.pt"
@@ -227,6 +229,10 @@ def test_types_that_do_not_fix_a_datatype_and_shape_are_refused(
     assert message in caught.value.message
 
 
-def test_default_config_names_the_platform_and_nothing_else() -> None:
-    expected = mc.ModelConfig(name="adder", platform="pytorch_libtorch", backend="pytorch")
-    assert default_config("adder") == expected
+def test_default_config_names_the_model_and_the_catalog_picks_the_default_backend() -> None:
+    config = default_config("adder")
+    assert config == mc.ModelConfig(name="adder")
+    assert resolve(config, "<none>").name == "pytorch"
+    assert config == mc.ModelConfig(
+        name="adder", platform="pytorch_libtorch", backend="pytorch", default_model_filename="model.pt"
+    )

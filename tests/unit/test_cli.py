@@ -132,12 +132,20 @@ def test_connection_limit_flags() -> None:
          "--grpc-target-client-cert and --grpc-target-client-key go together"),
         ([*REPO, "--http-idle-timeout-secs=0"], "--http-idle-timeout-secs must be positive"),
         ([*REPO, "--grpc-max-concurrent-streams=0"], "--grpc-max-concurrent-streams must be positive"),
+        ([*REPO, "--http-max-body-size=-1"], "--http-max-body-size must be positive"),
+        ([*REPO, "--http-body-timeout-secs=0"], "--http-body-timeout-secs must be positive"),
+        ([*REPO, "--model-name=m"], "--model-name needs --model-dir"),
+        (["gateway"], "gateway mode needs --grpc-target HOST:PORT"),
+        ([*REPO, "--grpc-target=h:1"], "--grpc-target is for gateway mode"),
+        (["gateway", "--grpc-target=h:1", "--grpc-use-ssl"], "a gateway uses --grpc-target-ssl"),
+        ([*REPO, "--metrics-config=histogram_latency_buckets=1,x"], "histogram buckets: 'x' is not a number"),
     ],
     ids=[
         "no-repository", "load-model-default-mode", "load-model-none-mode", "poll-interval", "unknown-mode", "bad-bool",
         "bad-int", "message-size-0", "message-size-too-big", "grpc-ssl-no-files", "grpc-ssl-no-key",
         "mutual-no-root", "cert-without-ssl", "http-cert-no-key", "client-ca-alone", "target-tls-not-gateway",
-        "target-client-cert-alone", "idle-timeout", "streams",
+        "target-client-cert-alone", "idle-timeout", "streams", "body-size", "body-timeout", "model-name-alone",
+        "gateway-no-target", "target-not-gateway", "gateway-grpc-ssl", "bad-buckets",
     ],
 )
 def test_refused_command_lines(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,3 +196,83 @@ def test_event_loop_choice(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_settings(["--model-repository", "x", "--event-loop", "trio"], {})
     assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+def test_environment_names_follow_the_flags_and_the_old_names_still_work(tmp_path: Path) -> None:
+    new = {"V2SERVER_MODEL_REPOSITORY": f"{tmp_path},/other", "V2SERVER_LOAD_MODEL": "a,b",
+           "V2SERVER_CORS_ALLOW_ORIGIN": "https://x.example,*", "V2SERVER_API_KEY": "k1,k2",
+           "V2SERVER_MODEL_CONTROL_MODE": "explicit"}
+    old = {"V2SERVER_MODEL_REPOSITORIES": f"{tmp_path},/other", "V2SERVER_LOAD_MODELS": "a,b",
+           "V2SERVER_CORS_ALLOW_ORIGINS": "https://x.example,*", "V2SERVER_API_KEYS": "k1,k2",
+           "V2SERVER_MODEL_CONTROL_MODE": "explicit"}
+    for env in (new, old):
+        settings = parse_settings([], env)
+        assert settings.model_repositories == (tmp_path, Path("/other"))
+        assert settings.load_models == ("a", "b")
+        assert settings.cors_allow_origins == ("https://x.example", "*")
+        assert settings.api_keys == ("k1", "k2")
+
+
+def test_a_repeatable_flag_on_the_command_line_replaces_its_environment() -> None:
+    env = {"V2SERVER_MODEL_REPOSITORY": "/env", "V2SERVER_CORS_ALLOW_ORIGIN": "*"}
+    settings = parse_settings(["--model-repository=/cli", "--cors-allow-origin", "https://x.example"], env)
+    assert settings.model_repositories == (Path("/cli"),)
+    assert settings.cors_allow_origins == ("https://x.example",)
+
+
+def test_api_keys_from_flags_environment_and_file_add_up(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("file-key  # a comment\n\n# only a comment\nflag-key\n")
+    settings = parse_settings([*REPO, "--api-key", "flag-key", f"--api-keys-file={keys_file}"],
+                              {"V2SERVER_API_KEYS": "env-a, env-b,"})
+    assert settings.api_keys == ("flag-key", "env-a", "env-b", "file-key")
+    from_env_file = parse_settings(REPO, {"V2SERVER_API_KEYS_FILE": str(keys_file)})
+    assert from_env_file.api_keys == ("file-key", "flag-key")
+
+
+def test_the_given_environment_is_the_only_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("V2SERVER_API_KEYS", "from-the-process")
+    monkeypatch.setenv("V2SERVER_HTTP_PORT", "1234")
+    isolated = parse_settings(REPO, {})
+    assert isolated.api_keys == () and isolated.http_port == 8000
+    process = parse_settings(REPO)
+    assert process.api_keys == ("from-the-process",) and process.http_port == 1234
+
+
+def test_missing_api_keys_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_settings([*REPO, "--api-keys-file", str(tmp_path / "absent")], {})
+    assert caught.value.code == 2
+    assert "--api-keys-file: " in capsys.readouterr().err
+
+
+def test_metrics_config_sets_the_latency_buckets(caplog: pytest.LogCaptureFixture) -> None:
+    flags = parse_settings([*REPO, "--metrics-config", "histogram_latency_buckets=500,100,1000"], {})
+    assert flags.latency_buckets_us == (100.0, 500.0, 1000.0)
+    # values hold commas, so the variable separates them with semicolons
+    with caplog.at_level(logging.WARNING, logger="v2server"):
+        env = parse_settings(REPO, {"V2SERVER_METRICS_CONFIG": "histogram_latency_buckets=100,200;summary=x"})
+    assert env.latency_buckets_us == (100.0, 200.0)
+    assert [record.getMessage() for record in caplog.records] == ["ignoring unsupported --metrics-config summary=x"]
+
+
+@pytest.mark.parametrize(("given", "meant"), [("json", "json"), ("text", "text"), ("default", "text"),
+                                              ("ISO8601", "text")])
+def test_log_format_takes_tritons_names(given: str, meant: str) -> None:
+    assert parse_settings([*REPO, "--log-format", given], {}).log_format == meant
+    assert parse_settings(REPO, {"V2SERVER_LOG_FORMAT": given}).log_format == meant
+
+
+def test_settings_checks_apply_to_environment_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(REPO, {"V2SERVER_HTTP_MAX_BODY_SIZE": "0"})
+    assert "--http-max-body-size must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_settings(REPO, {"V2SERVER_GRPC_USE_SSL": "true"})
+    assert "--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key" in capsys.readouterr().err
+
+
+def test_gateway_mode_needs_no_repository() -> None:
+    settings = parse_settings(["gateway", "--grpc-target", "core:8001", "--grpc-target-ssl"], {})
+    assert settings.grpc_target == "core:8001" and settings.grpc_target_ssl
+    assert settings.model_repositories == () and settings.single_models == ()

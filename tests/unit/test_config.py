@@ -9,12 +9,19 @@ from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.errors import ModelLoadError
-from v2server.repository.config import complete_config, read_config
+from v2server.backends import resolve
+from v2server.loading import ModelLoader
+from v2server.repository.config import complete_config
 
 TENSORS = """
 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 """
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """What the loader makes of a model folder's config.pbtxt (backend resolved, validated, defaults filled)."""
+    return ModelLoader().read_config(model_dir.name, model_dir, None)[0]
 
 
 def _write(tmp_path: Path, text: str, model: str = "my_model") -> Path:
@@ -156,4 +163,4 @@ def test_complete_config_names_its_source_and_does_not_need_a_file() -> None:
     assert complete_config(config, "in_memory", "<request>").name == "in_memory"
     config.platform = "tensorflow_savedmodel"
     with pytest.raises(ModelLoadError, match="^<request>: platform 'tensorflow_savedmodel'"):
-        complete_config(config, "in_memory", "<request>")
+        resolve(config, "<request>")

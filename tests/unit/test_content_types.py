@@ -12,7 +12,7 @@ import torch
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest
 from v2server.rest_api import content_types
-from v2server.rest_api.content_types import Codec, check_columns, codec_names, get_codec
+from v2server.rest_api.content_types import Codec, NumpyCodec, SimpleCodec, check_columns, codec_names, get_codec
 
 
 def _objects(*items: bytes) -> np.ndarray:
@@ -160,6 +160,40 @@ def test_np_encodes_bytes_as_utf8_strings_and_refuses_other_bytes() -> None:
         InvalidRequest, match=r"output 'O': BYTES data is not valid UTF-8 .* parameters\.binary_data = true"
     ):
         codec.encode(_objects(b"\xff"), "BYTES", "O")
+
+
+def test_np_decode_nested_keeps_the_nesting_as_the_shape() -> None:
+    codec = NumpyCodec()
+    assert codec.decode_nested([[1, 2, 3], [4, 5, 6]], "INT8", "A").shape == (2, 3)
+    assert codec.decode_nested([[[]], [[]]], "FP32", "A").shape == (2, 1, 0)
+    text = codec.decode_nested([["a"], ["b"]], "BYTES", "A")
+    assert text.shape == (2, 1) and text.tolist() == [[b"a"], [b"b"]]
+
+
+# --- the simple styles' mapping ----------------------------------------------------------------------------
+
+
+def test_simple_is_np_but_takes_any_json_value_as_a_bytes_element() -> None:
+    codec = SimpleCodec()
+    assert codec.name == "" and "" not in codec_names()  # no content_type selects it
+    values = codec.decode_nested([["é", {"value": 10}], [3, True]], "BYTES", "d")
+    assert values.tolist() == [["é".encode(), b'{"value":10}'], [b"3", b"true"]]
+    with pytest.raises(InvalidRequest) as caught:
+        codec.decode_nested(["a", None], "BYTES", "d")
+    assert caught.value.message == "input 'd': data must be strings or JSON values for BYTES, got null null"
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [("INT8", [300]), ("INT32", [True]), ("FP16", [65520.0]), ("BF16", [3.4e38]), ("BOOL", [1]), ("FP32", ["1"])],
+)
+def test_simple_refuses_numbers_exactly_as_np_does(datatype: str, data: list[Any]) -> None:
+    messages = []
+    for codec in (get_codec("np", "input 'A'"), SimpleCodec()):
+        with pytest.raises(InvalidRequest) as caught:
+            codec.decode(data, datatype, "A")
+        messages.append(caught.value.message)
+    assert messages[0] == messages[1]
 
 
 # --- str, base64, datetime, json ---------------------------------------------------------------------------

@@ -87,3 +87,9 @@ def test_unknown_request_datatype_is_the_clients_error() -> None:
 def test_types_without_a_v2_datatype(lookup: object, argument: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         lookup(argument)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("name", "kind"), [("BOOL", "bool"), ("UINT16", "int"), ("INT64", "int"), ("FP16", "float"),
+                                            ("FP64", "float"), ("BF16", "float"), ("BYTES", "bytes")])
+def test_kind_reads_bf16_as_a_float_despite_its_uint16_storage(name: str, kind: str) -> None:
+    assert datatype(name).kind == kind

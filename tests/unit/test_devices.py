@@ -9,7 +9,7 @@ import torch
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends.devices import place_instances
+from v2server.backends.torchscript.devices import place_instances
 from v2server.errors import ModelLoadError
 
 Kind = mc.ModelInstanceGroup.Kind

@@ -16,7 +16,7 @@ import torch
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends._execution import ExecutionOptions, cuda_oom_summary, is_cuda_oom
+from v2server.backends.torchscript._execution import ExecutionOptions, cuda_oom_summary, is_cuda_oom
 from v2server.backends.torchscript import TorchScriptInstance, load_instance
 from v2server.errors import ModelLoadError
 from v2server.repository.config import complete_config
@@ -152,7 +152,7 @@ async def test_process_wide_parameters_are_logged_and_not_applied(
     load: Load, caplog: pytest.LogCaptureFixture, key: str, value: str
 ) -> None:
     threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
-    with caplog.at_level(logging.WARNING, logger="v2server.backends._execution"):
+    with caplog.at_level(logging.WARNING, logger="v2server.backends.torchscript._execution"):
         instance = load({key: value})
     assert [r.getMessage() for r in caplog.records if key in r.getMessage() and "process-wide" in r.getMessage()]
     assert await _state(instance) == DEFAULT
@@ -160,7 +160,7 @@ async def test_process_wide_parameters_are_logged_and_not_applied(
 
 
 async def test_unknown_parameters_are_ignored(load: Load, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="v2server.backends._execution"):
+    with caplog.at_level(logging.DEBUG, logger="v2server.backends.torchscript._execution"):
         instance = load({"MY_TOKENIZER": "bert", "ENABLE_CACHE_CLEANING": "true"})  # cache cleaning: GPU only
     assert "model 'm': parameter MY_TOKENIZER is not one the TorchScript backend reads; ignored" in caplog.messages
     assert await _state(instance) == DEFAULT

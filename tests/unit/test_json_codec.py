@@ -188,9 +188,9 @@ def test_the_header_length_must_lie_within_the_body(header_length: int) -> None:
 
 def test_a_raw_binary_request_is_the_single_input_and_asks_for_binary_outputs() -> None:
     raw = np.arange(6, dtype=np.float32).tobytes()
-    request, options = parse_raw_binary_request("m", "2", raw, "INPUT0", "FP32", [1, 6])
+    request, options = parse_raw_binary_request("m", "2", raw)
     assert (request.model_name, request.model_version) == ("m", "2")
-    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("INPUT0", "FP32", [1, 6])]
+    assert not request.inputs  # the core describes the one input from the model's config
     assert list(request.raw_input_contents) == [raw]
     assert not request.outputs
     assert options.is_binary("ANY_OUTPUT")

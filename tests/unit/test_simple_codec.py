@@ -11,6 +11,7 @@ from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import datatype
 from v2server.errors import InvalidRequest
+from v2server.rest_api.json_codec import parse_infer_request
 from v2server.rest_api.simple_codec import (
     SimpleModel,
     is_batch,
@@ -112,10 +113,14 @@ def test_batch_errors() -> None:
         v1_plan(ADDER, "", _body([[1, 1, 1, 1], [1.0, 2, 2, 2]]))
     with pytest.raises(InvalidRequest, match="different shapes"):
         v1_plan(VECTOR, "", _body([[1, [1.0]], [2, [1.0, 2.0]]]))
-    with pytest.raises(InvalidRequest, match="argument 'b'"):
+    with pytest.raises(InvalidRequest, match="^input 'b': data must be integers for INT64, got string \"two\"$"):
         v1_plan(ADDER, "", _body([1, "two", 3]))
-    with pytest.raises(InvalidRequest, match="outside the range"):
+    with pytest.raises(InvalidRequest, match="^input 'b': value 9223372036854775808 is out of range for INT64$"):
         v1_plan(ADDER, "", _body([1, 2**63, 3]))
+    with pytest.raises(InvalidRequest, match="^row 2, input 'c': value 9223372036854775808 is out of range"):
+        v1_plan(ADDER, "", _body([[1, 1, 1, 1], [2, 1, 1, 2**63]]))
+    with pytest.raises(InvalidRequest, match="^row \"x\", argument 'x': expected lists nested 1 deep"):
+        v1_plan(VECTOR, "", _body([["x", [[1.0]]]]), batch=True)
     with pytest.raises(InvalidRequest, match="takes 3 arguments"):
         v1_plan(ADDER, "", _body([1, 2]), batch=False)
     with pytest.raises(InvalidRequest, match="non-empty list of rows"):
@@ -148,3 +153,81 @@ def test_predict_errors(body: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         predict_plan(VECTOR, "", body)
     assert caught.value.message.startswith(message)
+
+
+# --- one conversion path: /v2 JSON, /v1 and /predict agree -------------------------------------------------
+
+
+def _one_input(dt: str) -> SimpleModel:
+    return _model(
+        f'name: "m" max_batch_size: 0 input {{ name: "x" data_type: {datatype(dt).config_type} dims: [-1] }} '
+        f'output {{ name: "y" data_type: {datatype(dt).config_type} dims: [-1] }}'
+    )
+
+
+def _three_styles(dt: str, values: list[object]) -> dict[str, pb.ModelInferRequest | str]:
+    """The request (or the error message) each style makes of the same values for input 'x' of ``dt``."""
+    model = _one_input(dt)
+    v2 = {"inputs": [{"name": "x", "datatype": dt, "shape": [len(values)], "data": values}]}
+    builders = {
+        "/v2": lambda: parse_infer_request("m", "", orjson.dumps(v2), None)[0],
+        "/v1": lambda: v1_plan(model, "", _body(values), batch=False).requests[0],
+        "/predict": lambda: predict_plan(model, "", orjson.dumps({"x": values})).requests[0],
+    }
+    results: dict[str, pb.ModelInferRequest | str] = {}
+    for style, build in builders.items():
+        try:
+            results[style] = build()
+        except InvalidRequest as exc:
+            results[style] = exc.message
+    return results
+
+
+@pytest.mark.parametrize(
+    ("dt", "values", "message"),
+    [
+        ("FP16", [1.0, 70000.0], "input 'x': a value is out of range for FP16"),
+        ("FP32", [1.0, 1e39], "input 'x': a value is out of range for FP32"),
+        ("BF16", [1.0, 3.4e38], "input 'x': a value is out of range for BF16"),
+        ("INT8", [1, 300], "input 'x': value 300 is out of range for INT8"),
+        ("UINT8", [1, -1], "input 'x': value -1 is out of range for UINT8"),
+        ("INT64", [1, 2**63], "input 'x': value 9223372036854775808 is out of range for INT64"),
+        ("INT32", [1, True], "input 'x': data must be integers for INT32, got boolean true"),
+        ("INT32", [1, 1.5], "input 'x': data must be integers for INT32, got number 1.5"),
+        ("FP32", [1.0, False], "input 'x': data must be numbers for FP32, got boolean false"),
+        ("FP32", [1.0, "2"], "input 'x': data must be numbers for FP32, got string \"2\""),
+        ("BOOL", [True, 1], "input 'x': data must be booleans for BOOL, got integer 1"),
+    ],
+)
+def test_a_bad_value_gets_the_same_error_in_every_style(dt: str, values: list[object], message: str) -> None:
+    assert _three_styles(dt, values) == {"/v2": message, "/v1": message, "/predict": message}
+
+
+@pytest.mark.parametrize(
+    ("dt", "values"),
+    [
+        ("BOOL", [True, False]),
+        ("UINT64", [0, 2**64 - 1]),
+        ("INT8", [-128, 127]),
+        ("INT64", [-(2**63), 2**63 - 1]),
+        ("FP16", [-65504, 0.1]),
+        ("FP32", [3.4e38, 1]),
+        ("FP64", [1e300, -2]),
+        ("BF16", [1 + 3 * 2**-8, 3.3e38]),
+        ("BYTES", ["é", ""]),
+    ],
+)
+def test_good_values_become_the_same_raw_bytes_in_every_style(dt: str, values: list[object]) -> None:
+    requests = _three_styles(dt, values)
+    raws = {style: r.raw_input_contents[0] for style, r in requests.items() if isinstance(r, pb.ModelInferRequest)}
+    assert len(raws) == 3 and raws["/v1"] == raws["/v2"] == raws["/predict"]
+
+
+def test_bf16_and_fp16_outputs_read_back_as_numbers() -> None:
+    plan = predict_plan(_one_input("BF16"), "", b'{"x": [1.5]}')
+    bits = plan.requests[0].raw_input_contents[0]
+    response = pb.ModelInferResponse(
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name="y", datatype="BF16", shape=[2])],
+        raw_output_contents=[bits * 2],
+    )
+    assert predict_answer(plan, [response]) == {"y": [1.5, 1.5]}

@@ -8,14 +8,18 @@ import torch
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
-from v2server.errors import InvalidRequest
+from v2server.errors import InvalidRequest, V2Error
 from v2server.tensors import (
     Tensor,
+    bfloat16_to_float32,
+    bytes_array,
     deserialize_bytes,
     element_count,
     from_contents,
     from_raw,
+    output_array,
     serialize_bytes,
+    storage_array,
     to_raw,
 )
 
@@ -159,7 +163,7 @@ def test_typed_contents(name: str, contents: dict[str, list[object]]) -> None:
 def test_typed_value_that_does_not_fit_is_the_clients_error(name: str, field: str, value: int) -> None:
     with pytest.raises(InvalidRequest) as caught:
         from_contents("IN0", name, [1], pb.InferTensorContents(**{field: [value]}))
-    assert caught.value.message == f"input 'IN0': a value in {field} does not fit {name}"
+    assert caught.value.message == f"input 'IN0': value {value} is out of range for {name}"
 
 
 @pytest.mark.parametrize("name", ["FP16", "BF16"])
@@ -178,3 +182,88 @@ def test_typed_contents_must_fill_the_shape_from_the_datatypes_field(contents: d
     with pytest.raises(InvalidRequest) as caught:
         from_contents("IN0", "INT32", [2, 2], pb.InferTensorContents(**contents))
     assert caught.value.message == f"input 'IN0': expected 4 values in int_contents for shape [2, 2], got {got}"
+
+
+# --- storage_array: the narrowing rules every path shares ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n, row in DATATYPES.items() if row.numpy.kind in "iu" and n != "BF16"])
+def test_integers_hold_their_whole_range(name: str) -> None:
+    info = np.iinfo(DATATYPES[name].numpy)
+    array = storage_array("IN", DATATYPES[name], [int(info.min), 0, int(info.max)])
+    assert array.dtype == DATATYPES[name].numpy
+    assert array.tolist() == [info.min, 0, info.max]
+
+
+@pytest.mark.parametrize("name", [n for n, row in DATATYPES.items() if row.numpy.kind in "iu" and n != "BF16"])
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_an_integer_just_outside_the_range_is_named(name: str, side: str) -> None:
+    info = np.iinfo(DATATYPES[name].numpy)
+    bad = int(info.min) - 1 if side == "below" else int(info.max) + 1
+    with pytest.raises(InvalidRequest) as caught:
+        storage_array("IN", DATATYPES[name], [0, bad, 1])
+    assert caught.value.message == f"input 'IN': value {bad} is out of range for {name}"
+
+
+def test_the_first_bad_integer_is_named_and_uint64_takes_values_beyond_int64() -> None:
+    with pytest.raises(InvalidRequest, match="^input 'IN': value -1 is out of range for UINT64$"):
+        storage_array("IN", DATATYPES["UINT64"], [2**64 - 1, -1])
+    with pytest.raises(InvalidRequest, match="^input 'IN': value 300 is out of range for INT8$"):
+        storage_array("IN", DATATYPES["INT8"], [1, 300, -200])
+    assert storage_array("IN", DATATYPES["UINT64"], [2**63, 1]).tolist() == [2**63, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok", "bad"),
+    [("FP16", 65504.0, 65520.0), ("FP32", 3.4e38, 3.5e38), ("BF16", 3.38e38, 3.4e38), ("BF16", -3.38e38, -3.4e38)],
+)
+def test_a_float_that_would_become_inf_is_refused(name: str, ok: float, bad: float) -> None:
+    assert np.isfinite(_as_float(name, storage_array("IN", DATATYPES[name], [ok, 0.5]))).all()
+    with pytest.raises(InvalidRequest) as caught:
+        storage_array("IN", DATATYPES[name], [ok, bad])
+    assert caught.value.message == f"input 'IN': a value is out of range for {name}"
+
+
+def _as_float(name: str, array: np.ndarray) -> np.ndarray:
+    return bfloat16_to_float32(array) if name == "BF16" else array
+
+
+def test_bf16_rounds_to_nearest_even_as_torch_does_and_widens_back() -> None:
+    numbers = [1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1.0039063, -2.5, 3.140625, 1e-40, 3.3e38]
+    bits = storage_array("IN", DATATYPES["BF16"], numbers)
+    expected = torch.tensor(numbers, dtype=torch.float32).to(torch.bfloat16)
+    assert bits.dtype == np.uint16
+    assert bits.tolist() == expected.view(torch.int16).numpy().view(np.uint16).tolist()
+    assert bfloat16_to_float32(bits).tolist() == expected.float().tolist()
+
+
+def test_bool_and_bytes_storage() -> None:
+    assert storage_array("IN", DATATYPES["BOOL"], [True, False]).dtype == np.bool_
+    array = storage_array("IN", DATATYPES["BYTES"], [b"ab", b""])
+    assert array.dtype == object and array.tolist() == [b"ab", b""]
+    assert bytes_array([b"\x00\x00"]).tolist() == [b"\x00\x00"]  # np.array would strip the NULs
+
+
+# --- output_array: the server's own bytes --------------------------------------------------------------------
+
+
+def test_output_array_reads_raw_outputs_shaped() -> None:
+    raw = np.arange(6, dtype=np.int16).tobytes()
+    assert output_array("OUT", "INT16", [2, 3], raw).tolist() == [[0, 1, 2], [3, 4, 5]]
+    text = serialize_bytes(np.array([b"a", b"bc"], dtype=object))
+    assert output_array("OUT", "BYTES", [2, 1], text).tolist() == [[b"a"], [b"bc"]]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "raw", "message"),
+    [
+        ("INT32", b"\x00" * 6, "output 'OUT': expected 8 bytes for shape [2] of INT32, got 6"),
+        ("BYTES", b"\x05\x00\x00\x00ab", "output 'OUT': BYTES element 0 claims 5 bytes but only 2 remain"),
+        ("INT4", b"", "output 'OUT': unknown datatype 'INT4'"),
+    ],
+)
+def test_output_array_mismatches_are_the_servers_error(datatype: str, raw: bytes, message: str) -> None:
+    with pytest.raises(V2Error) as caught:
+        output_array("OUT", datatype, [2], raw)
+    assert type(caught.value) is V2Error  # 500, not the client's 400
+    assert caught.value.message == message

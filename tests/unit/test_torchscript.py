@@ -404,7 +404,7 @@ class Busy(torch.nn.Module):
 
 async def test_short_executions_run_on_the_event_loop(load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a few executions on its thread, a model whose runs are short runs inline, with the same results."""
-    monkeypatch.setattr("v2server.backends.torchscript.INLINE_BELOW_NS", 10**9)  # any CPU model counts as short
+    monkeypatch.setattr("v2server.backends.torchscript.instance.INLINE_BELOW_NS", 10**9)  # any CPU model counts as short
     instance = load(SubtractXY(), _io("input", "x:INT32:2", "y:INT32:2") + _io("output", "OUT:INT32:2"))
     answers = []
     for step in range(12):

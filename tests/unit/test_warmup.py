@@ -16,7 +16,8 @@ import torch
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends import TorchScriptInstance, load_instance
+from v2server.backends import StageTimes
+from v2server.backends.torchscript import TorchScriptInstance, load_instance
 from v2server.errors import ModelLoadError
 from v2server.repository.config import complete_config
 from v2server.signature import Signature
@@ -59,13 +60,17 @@ class Recorder:
 
     def __init__(self, instance: TorchScriptInstance) -> None:
         self.instance = instance
+        self.pending = 0
         self.calls: list[tuple[int, tuple[str, ...]]] = []
 
-    async def execute(
+    async def execute_timed(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
-    ) -> list[Tensor]:
+    ) -> tuple[list[Tensor], StageTimes]:
         self.calls.append((batch_size, tuple(t.name for t in inputs)))
-        return await self.instance.execute(inputs, outputs, batch_size)
+        return await self.instance.execute_timed(inputs, outputs, batch_size)
+
+    def close(self) -> None:
+        self.instance.close()
 
 
 def _config(text: str, *entries: str) -> mc.ModelConfig:

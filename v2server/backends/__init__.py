@@ -1,6 +1,10 @@
-"""Model backends: how a model file is loaded onto devices and executed."""
+"""Model backends: the ``ModelBackend`` protocol, and the catalog that finds one for a config.
 
-from v2server.backends.devices import place_instances
-from v2server.backends.torchscript import StageTimes, TorchScriptInstance, load_instance
+Backends themselves live in sub-packages (``torchscript``) or in other distributions, found through the
+``v2server.backends`` entry points; importing this package imports no backend (and no torch).
+"""
 
-__all__ = ["StageTimes", "TorchScriptInstance", "load_instance", "place_instances"]
+from v2server.backends.base import ModelBackend, ModelInstance, StageTimes
+from v2server.backends.catalog import available, resolve
+
+__all__ = ["ModelBackend", "ModelInstance", "StageTimes", "available", "resolve"]

@@ -34,7 +34,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, access: AccessLog | None)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, logged by _abort
                 await _abort(context, exc, method)
 
         if access is not None:
@@ -43,7 +43,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, access: AccessLog | None)
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 record, start, status = access.begin("grpc", method), time.perf_counter_ns(), "OK"
                 try:
-                    return await plain(request, context)
+                    with access.watching(record, request):  # the core reports on this very request object
+                        return await plain(request, context)
                 except BaseException:
                     code = context.code()
                     status = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
@@ -63,7 +64,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, access: AccessLog | None)
                     yield response
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, logged by _abort
                 await _abort(context, exc, method)
 
         return grpc.stream_stream_rpc_method_handler(
@@ -92,6 +93,8 @@ def _refuse(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ``V2Error`` into its status code and anything else into INTERNAL (logged with its traceback),
     and writes the access log when one is given (unary RPCs; a stream is one entry of its own requests' work).
+    The log learns model, version, batch and times from the core's report on the request object it watches
+    (the core must be subscribed: ``create_grpc_server`` does it).
 
     Wrapped handlers are built once per method and cached, so a call pays one dict lookup.
     """

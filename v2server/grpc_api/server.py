@@ -8,7 +8,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
-from v2server.dataplane import DataPlane
+from v2server.core import InferenceCore
 from v2server.grpc_api.interceptor import ErrorInterceptor
 from v2server.grpc_api.servicer import InferenceServicer
 from v2server.settings import Settings
@@ -40,13 +40,16 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def create_grpc_server(
-    core: DataPlane,
+    core: InferenceCore,
     settings: Settings,
     access: AccessLog | None = None,
     keys: ApiKeys | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server bound to the settings' address and port (0: any free port), over TLS when
-    ``--grpc-use-ssl``; returns it, the bound port and the health servicer."""
+    ``--grpc-use-ssl``; returns it, the bound port and the health servicer. With ``access``, every unary RPC
+    is logged, with what ``core`` reports of its inferences."""
+    if access is not None:
+        core.observe(access)
     server = grpc.aio.server(interceptors=[ErrorInterceptor(access, keys)], options=server_options(settings))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
     health_servicer = health.aio.HealthServicer()

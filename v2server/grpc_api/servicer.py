@@ -9,7 +9,7 @@ import grpc
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
-from v2server.dataplane import DataPlane
+from v2server.core import InferenceCore
 
 __all__ = ["UNARY_RPCS", "InferenceServicer"]
 
@@ -32,7 +32,7 @@ def _delegate(rpc: str) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaita
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Translates nothing itself: errors are mapped once for all RPCs by ``ErrorInterceptor``."""
 
-    def __init__(self, core: DataPlane) -> None:
+    def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
     async def ModelStreamInfer(  # type: ignore[override]

@@ -17,25 +17,14 @@ from v2server.datatypes import from_config_type
 from v2server.errors import InvalidRequest, ModelLoadError
 from v2server.names import check_file_name
 
-__all__ = [
-    "BACKEND",
-    "CONFIG_FILENAME",
-    "PLATFORM",
-    "apply_override",
-    "complete_config",
-    "read_config",
-    "read_raw_config",
-]
+__all__ = ["CONFIG_FILENAME", "apply_override", "complete_config", "default_config", "read_raw_config"]
 
 CONFIG_FILENAME = "config.pbtxt"
-PLATFORM = "pytorch_libtorch"
-BACKEND = "pytorch"
-DEFAULT_MODEL_FILENAME = "model.pt"
 
 
-def read_config(model_dir: Path) -> mc.ModelConfig:
-    """Parse ``<model_dir>/config.pbtxt``, validate it and fill defaults."""
-    return complete_config(read_raw_config(model_dir), model_dir.name, model_dir / CONFIG_FILENAME)
+def default_config(model_name: str) -> mc.ModelConfig:
+    """The configuration to auto-complete when a model directory has no ``config.pbtxt`` at all."""
+    return mc.ModelConfig(name=model_name)
 
 
 def read_raw_config(model_dir: Path, missing_ok: bool = False) -> mc.ModelConfig:
@@ -80,7 +69,11 @@ def apply_override(config: mc.ModelConfig, override_json: str) -> mc.ModelConfig
 
 
 def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str) -> mc.ModelConfig:
-    """Validate ``config`` for ``model_name`` and fill the defaults Triton reports back in ``ModelConfig``."""
+    """Validate ``config`` for ``model_name`` and fill the defaults Triton reports back in ``ModelConfig``.
+
+    The backend (``platform``, ``backend``, ``default_model_filename``) is the backend catalog's business
+    (``backends.resolve``), called before this.
+    """
 
     def fail(message: str) -> ModelLoadError:
         return ModelLoadError(f"{source}: {message}")
@@ -88,16 +81,8 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str)
     if config.name and config.name != model_name:
         raise fail(f"name '{config.name}' does not match the model directory '{model_name}'")
     config.name = model_name
-    if config.platform not in ("", PLATFORM) or config.backend not in ("", BACKEND):
-        raise fail(
-            f"platform '{config.platform}' / backend '{config.backend}' is not served here; "
-            f"use platform \"{PLATFORM}\" or backend \"{BACKEND}\""
-        )
-    config.platform, config.backend = PLATFORM, BACKEND
-    if not config.default_model_filename:
-        config.default_model_filename = DEFAULT_MODEL_FILENAME
     # File names in a config (an override comes from a client) name files inside the version folder only.
-    file_fields = [("default_model_filename", config.default_model_filename)]
+    file_fields = [("default_model_filename", config.default_model_filename)] if config.default_model_filename else []
     file_fields += [(f"cc_model_filenames['{k}']", v) for k, v in config.cc_model_filenames.items()]
     for field, value in file_fields:
         try:

@@ -1,7 +1,12 @@
-"""The route table of the REST gateway, with Triton's paths (a version in the path is digits only)."""
+"""The route table of the REST gateway, with Triton's paths (a version in the path is digits only).
+
+Each route family gets its ``Dependencies`` here, error style included: ``{"error": ...}`` on V2 and ``/v1``,
+``{"detail": ...}`` on ``/predict``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,8 +15,11 @@ import tornado.web
 
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
+from v2server.core import InferenceCore
 from v2server.errors import Unauthenticated
 from v2server.rest_api import handlers, simple_handlers
+from v2server.rest_api.base import Dependencies
+from v2server.rest_api.error_bodies import predict_error_body
 
 __all__ = ["make_app", "make_metrics_app"]
 
@@ -19,47 +27,51 @@ _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
 
 
 def make_app(
-    core: Any,
+    core: InferenceCore,
     max_body_size: int = 0,
     access: AccessLog | None = None,
     keys: ApiKeys | None = None,
     cors_origins: Iterable[str] = (),
     default_model: str = "",
 ) -> tornado.web.Application:
-    """A Tornado application that serves the V2 REST API on top of ``core`` (a DataPlane or a grpc.aio stub),
+    """A Tornado application that serves the V2 REST API on top of ``core`` (the data plane or a remote core),
     and beside it the simple styles ``/v1/{model}/{selector}`` and ``/predict`` (``default_model`` or the only
-    model)."""
-    deps = {
-        "core": core,
-        "max_body_size": max_body_size,
-        "access": access,
-        "keys": keys if keys is not None and keys.enabled else None,
-        "cors_origins": frozenset(cors_origins),
-    }
+    model). With ``access``, every request is logged, with what the core reports of its inferences."""
+    if access is not None:
+        core.observe(access)
+    deps = Dependencies(
+        core=core,
+        max_body_size=max_body_size,
+        access=access,
+        keys=keys if keys is not None and keys.enabled else None,
+        cors_origins=frozenset(cors_origins),
+    )
+    v2 = {"deps": deps}  # the V2 and /v1 routes answer errors as {"error": ...}
+    predict = {"deps": dataclasses.replace(deps, error_body=predict_error_body), "default_model": default_model}
     routes: list[Any] = [
-        (r"/v2/health/(live|ready)", handlers.HealthHandler, deps),
-        (r"/v2/?", handlers.ServerMetadataHandler, deps),
-        (r"/v2/repository(?:/(?P<repository>[^/]+))?/index", handlers.RepositoryIndexHandler, deps),
+        (r"/v2/health/(live|ready)", handlers.HealthHandler, v2),
+        (r"/v2/?", handlers.ServerMetadataHandler, v2),
+        (r"/v2/repository(?:/(?P<repository>[^/]+))?/index", handlers.RepositoryIndexHandler, v2),
         (
             r"/v2/repository(?:/(?P<repository>[^/]+))?/models/(?P<name>[^/]+)/(?P<action>load|unload)",
             handlers.RepositoryModelHandler,
-            deps,
+            v2,
         ),
-        (r"/v2/models/stats", handlers.ModelStatisticsHandler, deps),
-        (_MODEL + r"/stats", handlers.ModelStatisticsHandler, deps),
-        (_MODEL + r"/ready", handlers.ModelReadyHandler, deps),
-        (_MODEL + r"/config", handlers.ModelConfigHandler, deps),
-        (_MODEL + r"/infer", handlers.InferHandler, deps),
-        (_MODEL, simple_handlers.ModelMetadataHandler, deps),
-        (r"/v1/(?P<name>[^/]+)/aliases(?:/(?P<alias>[^/]+))?/?", simple_handlers.AliasesHandler, deps),
-        (r"/v1/(?P<name>[^/]+)/(?P<selector>[^/]+)/?", simple_handlers.V1Handler, deps),
-        (r"/predict/?", simple_handlers.PredictHandler, {**deps, "default_model": default_model}),
-        (r"/models/(?P<name>[^/]+)/predict/?", simple_handlers.PredictHandler, {**deps, "default_model": default_model}),
+        (r"/v2/models/stats", handlers.ModelStatisticsHandler, v2),
+        (_MODEL + r"/stats", handlers.ModelStatisticsHandler, v2),
+        (_MODEL + r"/ready", handlers.ModelReadyHandler, v2),
+        (_MODEL + r"/config", handlers.ModelConfigHandler, v2),
+        (_MODEL + r"/infer", handlers.InferHandler, v2),
+        (_MODEL, handlers.ModelMetadataHandler, v2),
+        (r"/v1/(?P<name>[^/]+)/aliases(?:/(?P<alias>[^/]+))?/?", simple_handlers.AliasesHandler, v2),
+        (r"/v1/(?P<name>[^/]+)/(?P<selector>[^/]+)/?", simple_handlers.V1Handler, v2),
+        (r"/predict/?", simple_handlers.PredictHandler, predict),
+        (r"/models/(?P<name>[^/]+)/predict/?", simple_handlers.PredictHandler, predict),
     ]
     return tornado.web.Application(
         routes,
         default_handler_class=handlers.NotFoundHandler,
-        default_handler_args=deps,
+        default_handler_args=v2,
         compress_response=False,
     )
 

@@ -3,12 +3,15 @@
 One small class per content type, registered by its ``name`` when the class is defined (MLServer's
 ``codecs/base.py`` idea), so adding a content type is adding a class. A codec only converts values: JSON
 ``data`` -> the flat element values of a V2 datatype (``decode``), and element values -> JSON-ready values
-(``encode``). Shapes, raw bytes and the request layout are :mod:`v2server.rest_api.json_codec`'s job.
+(``encode``). The request layout is the callers' job (:mod:`~v2server.rest_api.json_codec` for ``/v2``,
+:mod:`~v2server.rest_api.simple_codec` for ``/v1`` and ``/predict``); the numeric narrowing rules (integer
+range, FP16/FP32/BF16 overflow) are :func:`v2server.tensors.storage_array`'s, so every style shares them.
 
 ``np`` is also what the gateway uses when no content type is given: it is the plain V2 JSON mapping
-(numbers for numeric types, booleans for BOOL, UTF-8 strings for BYTES). Numeric data is converted with numpy
-in C loops, after one ``set(map(type, data))`` pass that catches what numpy would silently coerce (``true``
-into INT32, ``1.5`` into INT8, ``"3"`` into FP32).
+(numbers for numeric types, booleans for BOOL, UTF-8 strings for BYTES). What this module adds to the
+narrowing rules is the JSON side: one ``set(map(type, data))`` pass that catches what numpy would silently
+coerce (``true`` into INT32, ``1.5`` into INT8, ``"3"`` into FP32); the conversion itself runs in numpy's C
+loops. :class:`SimpleCodec` is ``np`` for the simple styles, which also take any JSON value as a BYTES element.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +27,7 @@ import orjson
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest
+from v2server.tensors import bfloat16_to_float32, bytes_array, storage_array
 
 __all__ = [
     "Base64Codec",
@@ -33,6 +36,7 @@ __all__ = [
     "JsonCodec",
     "NumpyCodec",
     "PandasCodec",
+    "SimpleCodec",
     "StringCodec",
     "check_columns",
     "codec_names",
@@ -40,10 +44,6 @@ __all__ = [
 ]
 
 _CODECS: dict[str, Codec] = {}
-
-# float16 and bfloat16 are narrowed from float32/float64 under errstate(over="raise"): a finite JSON number
-# that would become inf is the client's error, not a silent inf.
-_BF16_INF = 0x7F80
 
 
 class Codec:
@@ -69,7 +69,8 @@ class Codec:
         return datatype == "BYTES" or not self.bytes_only
 
     def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
-        """JSON ``data`` -> flat element values: bytes for BYTES, an array of the storage dtype otherwise."""
+        """JSON ``data`` -> flat element values: bytes for BYTES (a list or an object array), an array of the
+        storage dtype otherwise."""
         raise NotImplementedError
 
     def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
@@ -120,17 +121,43 @@ class NumpyCodec(Codec):
     name = "np"
 
     def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
-        flat, types = _flatten(data, input_name)
+        return self.decode_nested(data, datatype, input_name).reshape(-1)
+
+    def decode_nested(self, data: list[Any], datatype: str, input_name: str) -> np.ndarray:
+        """JSON ``data`` -> an array of the storage dtype whose shape is the nesting of ``data``.
+
+        The simple styles have no ``shape`` member: they read the shape from the nesting.
+        """
+        flat, types, shape = _flatten(data, input_name)
+        return self._values(flat, types, datatype, input_name).reshape(shape)
+
+    def _values(self, flat: list[Any], types: set[type], datatype: str, input_name: str) -> np.ndarray:
         if datatype == "BYTES":
-            return _utf8(flat, types, input_name)
+            return bytes_array(_utf8(flat, types, input_name))
         return _to_numeric(flat, types, datatype, input_name)
 
     def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
         if datatype == "BYTES":
             return _text(values, output_name)
-        if datatype == "BF16":  # the bfloat16 bits are the top half of a float32
-            return (values.astype(np.uint32) << 16).view(np.float32)
+        if datatype == "BF16":
+            return bfloat16_to_float32(values)
         return values
+
+
+class SimpleCodec(NumpyCodec):
+    """The simple styles' mapping (``/v1``, ``/predict``; no ``content_type`` selects it, so it has no name).
+
+    ``np``, except that a BYTES element may be any JSON value but null: a string travels as its UTF-8, any
+    other value as its JSON text, so ``{"data": {"value": 10}}`` reaches a model that parses JSON.
+    """
+
+    name = ""  # not a content type a client can name: unregistered
+
+    def _values(self, flat: list[Any], types: set[type], datatype: str, input_name: str) -> np.ndarray:
+        if datatype != "BYTES":
+            return super()._values(flat, types, datatype, input_name)
+        _require(flat, types, {str, dict, int, float, bool}, input_name, "strings or JSON values for BYTES")
+        return bytes_array(item.encode() if type(item) is str else orjson.dumps(item) for item in flat)
 
 
 class PandasCodec(NumpyCodec):
@@ -149,7 +176,7 @@ class StringCodec(Codec):
 
     def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
         self._check(datatype, f"input '{input_name}'")
-        flat, types = _flatten(data, input_name)
+        flat, types, _ = _flatten(data, input_name)
         return _utf8(flat, types, input_name)
 
     def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
@@ -165,7 +192,7 @@ class Base64Codec(Codec):
 
     def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
         self._check(datatype, f"input '{input_name}'")
-        flat, types = _flatten(data, input_name)
+        flat, types, _ = _flatten(data, input_name)
         _require(flat, types, {str}, input_name, "base64 strings")
         try:
             return [base64.b64decode(item, validate=True) for item in flat]
@@ -186,7 +213,7 @@ class DatetimeCodec(Codec):
 
     def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
         self._check(datatype, f"input '{input_name}'")
-        flat, types = _flatten(data, input_name)
+        flat, types, _ = _flatten(data, input_name)
         _require(flat, types, {str}, input_name, "ISO 8601 strings")
         for item in flat:
             try:
@@ -228,23 +255,30 @@ class JsonCodec(Codec):
 # --- shared conversions ------------------------------------------------------------------------------------
 
 
-def _flatten(data: Any, name: str) -> tuple[list[Any], set[type]]:
-    """Row-major flat elements of flat or nested ``data``, and the set of their Python types."""
+def _flatten(data: Any, name: str) -> tuple[list[Any], set[type], tuple[int, ...]]:
+    """Row-major flat elements of flat or nested ``data``, the set of their Python types, and the nesting."""
     if not isinstance(data, list):
         raise InvalidRequest(f"input '{name}': data must be a JSON array")
     types = set(map(type, data))
     if list not in types:
-        return data, types
+        return data, types, (len(data),)
     ragged = InvalidRequest(f"input '{name}': nested data must be a rectangular array")
     try:
-        flat: list[Any] = np.asarray(data, dtype=object).reshape(-1).tolist()
+        nested = np.asarray(data, dtype=object)
     except ValueError:  # numpy refuses some ragged nestings outright and keeps others as list elements
         raise ragged from None
+    flat: list[Any] = nested.reshape(-1).tolist()
     types = set(map(type, flat))
     if list in types:
         raise ragged
-    return flat, types
+    return flat, types, nested.shape
 
+
+_JSON_KINDS: dict[str, tuple[set[type], str]] = {  # a numeric datatype's kind -> the JSON types it takes
+    "bool": ({bool}, "booleans"),
+    "int": ({int}, "integers"),
+    "float": ({int, float}, "numbers"),
+}
 
 _JSON_TYPE = {
     bool: "boolean",
@@ -288,54 +322,15 @@ def _text(values: np.ndarray, name: str) -> list[str]:
 
 
 def _to_numeric(flat: list[Any], types: set[type], datatype: str, name: str) -> np.ndarray:
-    """Validated JSON numbers/booleans -> an array of ``datatype``'s storage dtype, with numpy doing the loop."""
-    storage = DATATYPES[datatype].numpy
-    if datatype == "BOOL":
-        _require(flat, types, {bool}, name, "booleans for BOOL")
-        return np.asarray(flat, dtype=np.bool_)
-    if storage.kind in "iu" and datatype != "BF16":
-        _require(flat, types, {int}, name, f"integers for {datatype}")
-        return _to_integers(flat, storage, datatype, name)
-    _require(flat, types, {int, float}, name, f"numbers for {datatype}")
-    try:
-        wide = np.asarray(flat, dtype=np.float64)
-        with np.errstate(over="raise"):
-            if datatype == "BF16":
-                return _to_bfloat16_bits(wide.astype(np.float32), name)
-            return wide.astype(storage)
-    except (OverflowError, FloatingPointError):
-        raise InvalidRequest(f"input '{name}': a value is out of range for {datatype}") from None
+    """JSON numbers/booleans of the right JSON kind -> an array of ``datatype``'s storage dtype.
 
-
-@functools.cache
-def _integer_range(storage: np.dtype) -> np.iinfo:
-    return np.iinfo(storage)  # building an iinfo costs more than checking a small tensor
-
-
-def _to_integers(flat: list[int], storage: np.dtype, datatype: str, name: str) -> np.ndarray:
-    info = _integer_range(storage)
-    try:
-        if datatype == "UINT64":  # wider than int64; a negative is refused in Python, as older numpy wraps it
-            if flat and min(flat) < 0:
-                raise OverflowError
-            wide = np.asarray(flat, dtype=np.uint64)
-        else:
-            wide = np.asarray(flat, dtype=np.int64)
-            if wide.size and (wide.min() < info.min or wide.max() > info.max):
-                raise OverflowError
-    except OverflowError:
-        bad = next(item for item in flat if not info.min <= item <= info.max)
-        raise InvalidRequest(f"input '{name}': value {bad} is out of range for {datatype}") from None
-    return wide.astype(storage, copy=False)
-
-
-def _to_bfloat16_bits(values: np.ndarray, name: str) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even as torch and ml_dtypes do."""
-    bits = values.view(np.uint32)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
-    if np.any((rounded & 0x7FFF) == _BF16_INF):
-        raise InvalidRequest(f"input '{name}': a value is out of range for BF16")
-    return rounded
+    The kind is checked here (JSON's business); the range and narrowing rules are
+    :func:`v2server.tensors.storage_array`'s.
+    """
+    row = DATATYPES[datatype]
+    allowed, what = _JSON_KINDS[row.kind]
+    _require(flat, types, allowed, name, f"{what} for {datatype}")
+    return storage_array(name, row, flat)
 
 
 def _is_base64(item: str) -> bool:

@@ -1,4 +1,4 @@
-"""REST bodies <-> the core's protobuf messages: the only JSON<->protobuf code of the project.
+"""V2 REST inference bodies (JSON and Triton's binary extension) <-> the core's protobuf messages.
 
 A REST inference request becomes the same ``ModelInferRequest`` a gRPC client would send, so every rule lives
 once, in the core. Every input goes to ``raw_input_contents`` (protobuf forbids mixing typed and raw contents,
@@ -6,28 +6,37 @@ and raw is what the core reads fastest): binary-extension inputs as slices of th
 by numpy through their content-type codec. What the JSON response needs beyond the protobuf (which outputs
 are binary, their content types) travels beside it as :class:`OutputOptions`.
 
+This is the ``/v2`` JSON<->protobuf code; :mod:`~v2server.rest_api.simple_codec` does the same for ``/v1``
+and ``/predict`` bodies, and both share the value codecs of :mod:`~v2server.rest_api.content_types` and the
+numeric rules of :mod:`v2server.tensors`, so a bad value gets the same error through every style.
+Parameters, repository bodies and other messages are :mod:`~v2server.rest_api.messages`' (re-exported here).
+
 Only REST concerns are consumed here: ``binary_data_output``, ``binary_data`` and ``binary_data_size``.
 Everything else in ``parameters`` (``content_type`` included) is forwarded to the core.
 """
 
 from __future__ import annotations
 
-import base64
 import math
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES, datatype
 from v2server.errors import InvalidRequest, V2Error
 from v2server.rest_api.content_types import Codec, check_columns, get_codec
-from v2server.tensors import deserialize_bytes, serialize_bytes
+from v2server.rest_api.messages import (
+    json_object,
+    json_to_parameters,
+    message_to_json,
+    parameters_to_json,
+    parse_repository_request,
+)
+from v2server.tensors import Tensor, bytes_array, output_array, to_raw
 
 __all__ = [
     "HEADER_LENGTH",
@@ -44,7 +53,6 @@ __all__ = [
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _INT64_MAX = 2**63 - 1
-_UINT64_MAX = 2**64 - 1
 _SHM = "shared_memory_region"
 _DEFAULT_CODEC = get_codec("np", "the server")
 
@@ -86,7 +94,7 @@ def parse_infer_request(
         model_version: from the URL ("" when absent).
         body: the decoded body: JSON, then the binary inputs' bytes in input order.
         header_length: ``Inference-Header-Content-Length``, the JSON's length; None when the whole body is
-            JSON. 0 (a raw binary request) needs the model's metadata: see :func:`parse_raw_binary_request`.
+            JSON. 0 (a raw binary request) is :func:`parse_raw_binary_request`'s.
 
     Raises:
         InvalidRequest: naming what is wrong (and the input) for any malformed request.
@@ -110,7 +118,7 @@ def parse_infer_request(
         raise InvalidRequest("request 'id' must be a string")
     request.id = request_id
 
-    parameters = dict(_object(document.get("parameters"), "request parameters"))
+    parameters = dict(json_object(document.get("parameters"), "request parameters"))
     binary_default = _flag(
         parameters.pop("binary_data_output", False), "request parameter 'binary_data_output'"
     )
@@ -137,19 +145,14 @@ def parse_infer_request(
 
 
 def parse_raw_binary_request(
-    model_name: str, model_version: str, body: bytes, input_name: str, datatype_name: str, shape: list[int]
+    model_name: str, model_version: str, body: bytes
 ) -> tuple[pb.ModelInferRequest, OutputOptions]:
     """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the body is the single input's bytes.
 
-    The caller knows the model's one input and its shape; every output comes back binary.
+    The request carries no input description: the core describes the one input from the model's config
+    (``inference.complete_raw_binary``), so gateway mode needs one RPC. Every output comes back binary.
     """
-    datatype(datatype_name)
-    request = pb.ModelInferRequest(
-        model_name=model_name,
-        model_version=model_version,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name=input_name, datatype=datatype_name, shape=shape)],
-        raw_input_contents=[bytes(body)],
-    )
+    request = pb.ModelInferRequest(model_name=model_name, model_version=model_version, raw_input_contents=[body])
     return request, OutputOptions(binary_default=True)
 
 
@@ -174,7 +177,7 @@ def _parse_input(
     if not isinstance(shape, list) or not all(type(dim) is int and 0 <= dim <= _INT64_MAX for dim in shape):
         raise InvalidRequest(f"{where}: shape must be a list of non-negative integers")
 
-    parameters = dict(_object(item.get("parameters"), f"{where} parameters"))
+    parameters = dict(json_object(item.get("parameters"), f"{where} parameters"))
     size = parameters.pop("binary_data_size", None)
     codec = _input_codec(_content_type(parameters, where), type_name, where, default)
     tensor = request.inputs.add(name=name, datatype=type_name, shape=shape)
@@ -200,14 +203,8 @@ def _parse_input(
     needed = math.prod(shape)
     if count != needed:
         raise InvalidRequest(f"{where}: data has {count} elements but shape {shape} needs {needed}")
-    if type_name == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = values
-        request.raw_input_contents.append(serialize_bytes(array))
-    else:
-        request.raw_input_contents.append(
-            np.ascontiguousarray(values, dtype=DATATYPES[type_name].numpy).tobytes()
-        )
+    array = values if isinstance(values, np.ndarray) else bytes_array(values)
+    request.raw_input_contents.append(to_raw(Tensor(name, DATATYPES[type_name], array)))
     return offset
 
 
@@ -237,7 +234,7 @@ def _parse_outputs(
             raise InvalidRequest(f"outputs[{index}] must be an object with a 'name' string")
         name = item["name"]
         where = f"output '{name}'"
-        parameters = dict(_object(item.get("parameters"), f"{where} parameters"))
+        parameters = dict(json_object(item.get("parameters"), f"{where} parameters"))
         binary[name] = _flag(parameters.pop("binary_data", binary_default), f"{where}: binary_data")
         output_type = _content_type(parameters, where)
         if output_type is not None:
@@ -255,14 +252,6 @@ def _parse_outputs(
         content_type=content_type,
         explicit_outputs=bool(outputs),
     )
-
-
-def _object(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{where} must be a JSON object")
-    return value
 
 
 def _flag(value: Any, where: str) -> bool:
@@ -316,7 +305,8 @@ def render_infer_response(
             codec = _output_codec(output, options)
             if codec is not None:
                 parameters["content_type"] = codec.name
-            data = (codec or _DEFAULT_CODEC).encode(_output_values(output, raw), output.datatype, output.name)
+            values = output_array(output.name, output.datatype, output.shape, raw).reshape(-1)
+            data = (codec or _DEFAULT_CODEC).encode(values, output.datatype, output.name)
         if parameters:
             entry["parameters"] = parameters
         if data is not None:
@@ -359,151 +349,7 @@ def _output_codec(output: pb.ModelInferResponse.InferOutputTensor, options: Outp
     return None
 
 
-def _output_values(output: pb.ModelInferResponse.InferOutputTensor, raw: bytes) -> np.ndarray:
-    row = DATATYPES.get(output.datatype)
-    if row is None:
-        raise V2Error(f"output '{output.name}': unknown datatype '{output.datatype}'")
-    count = math.prod(output.shape)
-    if row.name == "BYTES":
-        return deserialize_bytes(raw, count, output.name)
-    if len(raw) != count * row.itemsize:
-        raise V2Error(
-            f"output '{output.name}': {len(raw)} bytes for shape {list(output.shape)} of {row.name}"
-        )
-    return np.frombuffer(raw, dtype=row.numpy)
-
-
 def _string_parameter(parameters: Mapping[str, pb.InferParameter], key: str) -> str | None:
     if key not in parameters or parameters[key].WhichOneof("parameter_choice") != "string_param":
         return None
     return parameters[key].string_param
-
-
-# --- parameters and messages -------------------------------------------------------------------------------
-
-
-def parameters_to_json(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
-    """Protobuf parameters as plain JSON values (unset parameters are left out)."""
-    result: dict[str, Any] = {}
-    for key, param in params.items():
-        which = param.WhichOneof("parameter_choice")
-        if which is not None:
-            result[key] = getattr(param, which)
-    return result
-
-
-def json_to_parameters(
-    values: Mapping[str, Any], target: MutableMapping[str, pb.InferParameter], where: str
-) -> None:
-    """JSON parameter values into a protobuf parameter map, choosing the oneof field from the JSON type.
-
-    bool -> ``bool_param``, int -> ``int64_param`` (``uint64_param`` above int64), float -> ``double_param``,
-    str -> ``string_param``; the V2 protocol allows nothing else. ``target`` is a protobuf message map
-    (indexing creates the entry).
-    """
-    for key, value in values.items():
-        if isinstance(value, bool):
-            param = pb.InferParameter(bool_param=value)
-        elif isinstance(value, int):
-            if not -_INT64_MAX - 1 <= value <= _UINT64_MAX:
-                raise InvalidRequest(f"{where}: parameter '{key}' is out of the 64-bit integer range")
-            param = (
-                pb.InferParameter(uint64_param=value)
-                if value > _INT64_MAX
-                else pb.InferParameter(int64_param=value)
-            )
-        elif isinstance(value, float):
-            param = pb.InferParameter(double_param=value)
-        elif isinstance(value, str):
-            param = pb.InferParameter(string_param=value)
-        else:
-            kind = {list: "an array", dict: "an object", type(None): "null"}.get(
-                type(value), type(value).__name__
-            )
-            raise InvalidRequest(
-                f"{where}: parameter '{key}' must be a string, number or boolean, not {kind}"
-            )
-        target[key].CopyFrom(param)
-
-
-def message_to_json(message: Message, with_defaults: bool = False) -> dict[str, Any]:
-    """A protobuf message as JSON-ready values, the way Triton renders its messages.
-
-    Like ``MessageToDict(preserving_proto_field_name=True)`` (fields at their default left out, oneofs as
-    set, enums by name, maps as objects) but with 64-bit integers as numbers, not strings: Triton returns
-    ``"dims":[16]`` and ``"max_batch_size":16``, and clients index those numbers. ``with_defaults`` also
-    renders fields at their default (Triton's statistics show ``{"count":0,"ns":0}``, not nothing).
-    """
-    if not with_defaults:
-        fields = message.ListFields()
-    else:
-        fields = [
-            (d, getattr(message, d.name))
-            for d in message.DESCRIPTOR.fields
-            if d.containing_oneof is None or message.WhichOneof(d.containing_oneof.name) == d.name
-        ]
-    return {d.name: _field_to_json(d, value, with_defaults) for d, value in fields}
-
-
-def _field_to_json(descriptor: FieldDescriptor, value: Any, with_defaults: bool) -> Any:
-    entry = descriptor.message_type
-    if entry is not None and entry.GetOptions().map_entry:
-        value_field = entry.fields_by_name["value"]
-        return {_map_key(key): _value_to_json(value_field, item, with_defaults) for key, item in value.items()}
-    if descriptor.is_repeated:
-        return [_value_to_json(descriptor, item, with_defaults) for item in value]
-    return _value_to_json(descriptor, value, with_defaults)
-
-
-def _value_to_json(descriptor: FieldDescriptor, value: Any, with_defaults: bool) -> Any:
-    kind = descriptor.type
-    if kind == FieldDescriptor.TYPE_MESSAGE:
-        return message_to_json(value, with_defaults)
-    if kind == FieldDescriptor.TYPE_ENUM:
-        enum_value = descriptor.enum_type.values_by_number.get(value)
-        return enum_value.name if enum_value is not None else value
-    if kind == FieldDescriptor.TYPE_BYTES:
-        return base64.b64encode(value).decode("ascii")
-    if kind == FieldDescriptor.TYPE_FLOAT:  # the shortest text that reads back as the same float32
-        return float(str(np.float32(value)))
-    return value
-
-
-def _map_key(key: Any) -> str:
-    return ("true" if key else "false") if isinstance(key, bool) else str(key)
-
-
-def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepositoryParameter]:
-    """The ``parameters`` of a repository load/unload body (which may be empty) as protobuf parameters.
-
-    ``file:<version>/<name>`` values are base64 in JSON and become raw ``bytes_param``, as tritonclient's gRPC
-    client sends them; ``config`` stays a JSON string.
-    """
-    if not body.strip():
-        return {}
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"{where}: request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest(f"{where}: request JSON must be an object")
-    parameters: dict[str, pb.ModelRepositoryParameter] = {}
-    for key, value in _object(document.get("parameters"), f"{where}: parameters").items():
-        if key.startswith("file:"):
-            if not isinstance(value, str):
-                raise InvalidRequest(f"{where}: parameter '{key}' must be base64 text")
-            try:
-                parameters[key] = pb.ModelRepositoryParameter(bytes_param=base64.b64decode(value, validate=True))
-            except ValueError:
-                raise InvalidRequest(f"{where}: parameter '{key}' is not valid base64") from None
-        elif isinstance(value, bool):
-            parameters[key] = pb.ModelRepositoryParameter(bool_param=value)
-        elif isinstance(value, int):
-            if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-                raise InvalidRequest(f"{where}: parameter '{key}' is out of the 64-bit signed integer range")
-            parameters[key] = pb.ModelRepositoryParameter(int64_param=value)
-        elif isinstance(value, str):
-            parameters[key] = pb.ModelRepositoryParameter(string_param=value)
-        else:
-            raise InvalidRequest(f"{where}: parameter '{key}' must be a string, integer or boolean")
-    return parameters

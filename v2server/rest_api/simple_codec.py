@@ -1,7 +1,9 @@
 """The simple REST styles (``/v1/{model}/{selector}`` and ``/predict``) <-> the core's protobuf messages.
 
-Pure functions: a body and the model's config in, ``ModelInferRequest`` messages out (JSON -> numpy -> raw
-bytes, datatypes from the config); the responses in, a JSON document out. Inference itself is the core's.
+Pure functions: a body and the model's config in, ``ModelInferRequest`` messages out (datatypes from the
+config); the responses in, a JSON document out. Inference itself is the core's. This module only knows the
+styles' layouts: values become arrays through :class:`~v2server.rest_api.content_types.SimpleCodec` (the V2
+``np`` mapping, so a bad value gets the error ``/v2`` gives it) and raw bytes through :mod:`v2server.tensors`.
 
 ``/v1`` reads ``data`` as a single request or as a batch from the model's inputs (see :func:`is_batch`):
 a single request holds the arguments (one input: ``data`` itself; several: a list in input order); a batch
@@ -25,9 +27,10 @@ import orjson
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
-from v2server.datatypes import DataType, datatype, from_config_type
-from v2server.errors import InvalidRequest, V2Error
-from v2server.tensors import deserialize_bytes, serialize_bytes
+from v2server.datatypes import DataType, from_config_type
+from v2server.errors import InvalidRequest
+from v2server.rest_api.content_types import SimpleCodec
+from v2server.tensors import Tensor, bfloat16_to_float32, output_array, to_raw
 
 __all__ = [
     "Plan",
@@ -43,8 +46,7 @@ __all__ = [
     "v1_plan",
 ]
 
-_INT_KINDS = "iu"
-_ALLOWED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf", "BF16": "iuf"}
+_CODEC = SimpleCodec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def _single_row(model: SimpleModel, data: Any) -> list[np.ndarray]:
             f"model '{model.name}' takes {n} arguments ({names}): 'data' must be a list of {n} values in that "
             "order, or a batch of rows [ID, " + names + "]"
         )
-    return [_argument(value, spec, f"argument '{spec.name}'") for value, spec in zip(values, model.inputs, strict=True)]
+    return [_argument(value, spec) for value, spec in zip(values, model.inputs, strict=True)]
 
 
 def _batch_rows(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[list[np.ndarray]]]:
@@ -218,10 +220,10 @@ def _batch_rows(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[li
             raise InvalidRequest(f"batch ID {_text(identifier)} is used more than once")
         seen.add(key)
         ids.append(identifier)
-        rows.append([
-            _argument(value, spec, f"row {_text(identifier)}, argument '{spec.name}'")
-            for value, spec in zip(row[1:], model.inputs, strict=True)
-        ])
+        try:
+            rows.append([_argument(value, spec) for value, spec in zip(row[1:], model.inputs, strict=True)])
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"row {_text(identifier)}, {exc.message}") from None
     return tuple(ids), rows
 
 
@@ -278,7 +280,7 @@ def predict_plan(model: SimpleModel, version: str, body: bytes) -> Plan:
         value = document[spec.name]
         if not spec.scalar and not isinstance(value, list):
             raise InvalidRequest(f"Invalid input type for '{spec.name}': expected array")
-        array = _array(value, spec, f"Invalid input type for '{spec.name}'")
+        array = _array(value, spec)
         if spec.scalar and array.ndim == 0:
             array = array.reshape(1)
         if array.ndim not in (len(spec.dims), len(spec.dims) + 1):
@@ -316,14 +318,14 @@ def predict_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> di
 # --- shared: arrays, requests, responses -------------------------------------------------------------------
 
 
-def _argument(value: Any, spec: _Spec, where: str) -> np.ndarray:
+def _argument(value: Any, spec: _Spec) -> np.ndarray:
     """One row's value of an input, shaped as its ``dims`` (a scalar input's JSON scalar becomes ``[x]``)."""
-    array = _array(value, spec, where)
+    array = _array(value, spec)
     if spec.scalar and array.ndim == 0:
         array = array.reshape(1)
     if array.ndim != len(spec.dims):
         raise InvalidRequest(
-            f"{where}: expected {_describe(spec)}, got a value nested {array.ndim} deep"
+            f"argument '{spec.name}': expected {_describe(spec)}, got a value nested {array.ndim} deep"
         )
     return array
 
@@ -334,48 +336,15 @@ def _describe(spec: _Spec) -> str:
     return f"lists nested {len(spec.dims)} deep (dims {list(spec.dims)}) of {spec.datatype.name}"
 
 
-def _array(value: Any, spec: _Spec, where: str) -> np.ndarray:
-    """A JSON value as an array of the input's datatype (through numpy, no per-element loop but for BYTES)."""
-    dt = spec.datatype
-    if dt.name == "BYTES":
-        return _bytes_array(value, where)
-    try:
-        array = np.array(value)
-    except (ValueError, OverflowError):
-        raise InvalidRequest(f"{where}: expected {_describe(spec)}; the nested lists are ragged") from None
-    wanted = "booleans" if dt.name == "BOOL" else ("integers" if dt.numpy.kind in _INT_KINDS else "numbers")
-    allowed = _ALLOWED_KINDS.get(dt.name, _INT_KINDS)
-    if array.size and array.dtype.kind not in allowed:
-        raise InvalidRequest(f"{where}: expected {wanted} for datatype {dt.name}")
-    if dt.numpy.kind in _INT_KINDS and array.size:
-        info = np.iinfo(dt.numpy)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidRequest(f"{where}: a value is outside the range of {dt.name}")
-    if dt.name == "BF16":
-        bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return array.astype(dt.numpy, copy=False)
+def _array(value: Any, spec: _Spec) -> np.ndarray:
+    """A JSON value as an array of the input's storage dtype, shaped as its nesting (a JSON scalar: shape ()).
 
-
-def _bytes_array(value: Any, where: str) -> np.ndarray:
-    if isinstance(value, dict) or not isinstance(value, list):
-        array = np.empty((), dtype=object)
-        array[()] = value
-    else:
-        try:
-            array = np.array(value, dtype=object)
-        except ValueError:
-            raise InvalidRequest(f"{where}: the nested lists are ragged") from None
-    flat = array.reshape(-1)
-    encoded = np.empty(flat.shape, dtype=object)
-    for index, item in enumerate(flat):
-        if isinstance(item, str):
-            encoded[index] = item.encode("utf-8")
-        elif isinstance(item, (dict, int, float, bool)):
-            encoded[index] = orjson.dumps(item)
-        else:
-            raise InvalidRequest(f"{where}: expected strings or JSON objects, got {_text(item)}")
-    return encoded.reshape(array.shape)
+    The value rules (JSON kinds, integer range, FP16/BF16 narrowing) and their messages are the ones ``/v2``
+    applies: the same codec and :func:`v2server.tensors.storage_array` do the work.
+    """
+    if isinstance(value, list):
+        return _CODEC.decode_nested(value, spec.datatype.name, spec.name)
+    return _CODEC.decode_nested([value], spec.datatype.name, spec.name).reshape(())
 
 
 def _plan(
@@ -410,9 +379,7 @@ def _request(model: SimpleModel, version: str, arrays: Sequence[np.ndarray]) -> 
     request = pb.ModelInferRequest(model_name=model.name, model_version=version)
     for spec, array in zip(model.inputs, arrays, strict=True):
         request.inputs.add(name=spec.name, datatype=spec.datatype.name, shape=array.shape)
-        request.raw_input_contents.append(
-            serialize_bytes(array) if spec.datatype.name == "BYTES" else np.ascontiguousarray(array).tobytes()
-        )
+        request.raw_input_contents.append(to_raw(Tensor(spec.name, spec.datatype, array)))
     return request
 
 
@@ -432,16 +399,8 @@ def _rows(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> list[dict[s
 
 
 def _output(output: pb.ModelInferResponse.InferOutputTensor, raw: bytes) -> np.ndarray:
-    shape = tuple(output.shape)
-    if output.datatype == "BYTES":
-        return deserialize_bytes(raw, math.prod(shape), output.name).reshape(shape)
-    dt = datatype(output.datatype)
-    if len(raw) != math.prod(shape) * dt.itemsize:
-        raise V2Error(f"output '{output.name}': {len(raw)} bytes for shape {list(shape)} of {dt.name}")
-    array = np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
-    if dt.name == "BF16":
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array
+    array = output_array(output.name, output.datatype, output.shape, raw)
+    return bfloat16_to_float32(array) if output.datatype == "BF16" else array
 
 
 def _value(array: np.ndarray, spec: _Spec) -> Any:

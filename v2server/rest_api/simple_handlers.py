@@ -4,21 +4,18 @@ They translate only: ``simple_codec`` turns the body into the core's ``ModelInfe
 handler awaits ``core.ModelInfer`` (all of a batch's requests at once, under the ``timeout`` query parameter;
 an expired or abandoned request cancels the awaited calls, which drops their queued work), and renders the
 answers. Alias resolution and storage live in the core (the in-process data plane; a gateway forwarding to a
-remote core has none, so alias selectors there are 501).
+remote core has none: its core raises ``Unsupported``, 501). ``/predict`` renders errors as ``{"detail": ...}``:
+the route table gives it that error style.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
-
-import orjson
+from collections.abc import Awaitable, Sequence
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import DeadlineExceeded, ModelNotFound, Unsupported
-from v2server.rest_api import handlers
-from v2server.rest_api.json_codec import message_to_json
+from v2server.rest_api.base import Dependencies, V2Handler
 from v2server.rest_api.simple_codec import (
     Plan,
     SimpleModel,
@@ -32,10 +29,10 @@ from v2server.rest_api.simple_codec import (
     v1_plan,
 )
 
-__all__ = ["AliasesHandler", "ModelMetadataHandler", "PredictHandler", "V1Handler"]
+__all__ = ["AliasesHandler", "PredictHandler", "V1Handler"]
 
 
-class _SimpleHandler(handlers._V2Handler):
+class _SimpleHandler(V2Handler):
     async def model(self, name: str, version: str) -> SimpleModel:
         response = await self.core.ModelConfig(pb.ModelConfigRequest(name=name, version=version))
         return SimpleModel.from_config(response.config)
@@ -43,27 +40,17 @@ class _SimpleHandler(handlers._V2Handler):
     async def infer(self, plan: Plan) -> Sequence[pb.ModelInferResponse] | None:
         """Every request of ``plan`` at once; None when the client left (its work was cancelled)."""
         timeout = parse_timeout(self.get_query_argument("timeout", None))
-        calls = [self.core.ModelInfer(request) for request in plan.requests]
-        work: Any = asyncio.gather(*calls)
+        work: Awaitable[list[pb.ModelInferResponse]] = asyncio.gather(
+            *(self.model_infer(request) for request in plan.requests)
+        )
         if timeout is not None:
             work = asyncio.wait_for(work, timeout)
         try:
-            return list(await self.run_core(work))
+            return await self.run_core(work)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the request did not finish within its timeout of {timeout:g} s; its queued work was dropped"
             ) from None
-        except asyncio.CancelledError:
-            if self.request.connection is None or self._work is None or not self._work.cancelled():
-                raise
-            return None  # the client went away: no one to answer
-
-    def aliases(self, method: str) -> Any:
-        """The core's alias method ``method``, if the core keeps aliases."""
-        found = getattr(self.core, method, None)
-        if found is None:
-            raise Unsupported("version aliases are kept by the in-process core; this gateway forwards to a remote one")
-        return found
 
 
 class V1Handler(_SimpleHandler):
@@ -72,7 +59,7 @@ class V1Handler(_SimpleHandler):
     async def post(self, name: str, selector: str) -> None:
         version = selector_version(selector)
         if version is None:
-            version = self.aliases("resolve_alias")(name, selector)  # once: moving the alias cannot split us
+            version = await self.core.resolve_alias(name, selector)  # once: moving the alias cannot split us
         batch = parse_batch_flag(self.get_query_argument("batch", None))
         model = await self.model(name, version)
         plan = v1_plan(model, version, self.body, batch)
@@ -85,7 +72,7 @@ class AliasesHandler(_SimpleHandler):
     """``GET /v1/{model}/aliases``; ``GET|PUT|DELETE /v1/{model}/aliases/{alias}`` (PUT body ``{"version": 3}``)."""
 
     async def get(self, name: str, alias: str | None = None) -> None:
-        aliases = self.aliases("model_aliases")(name)
+        aliases = await self.core.model_aliases(name)
         if alias is None:
             self.write_json(aliases)
         elif alias in aliases:
@@ -97,35 +84,20 @@ class AliasesHandler(_SimpleHandler):
         if alias is None:
             raise Unsupported("PUT needs an alias: /v1/{model}/aliases/{alias}")
         version = parse_alias_version(self.body)
-        self.write_json(await self.aliases("set_model_alias")(name, alias, version))
+        self.write_json(await self.core.set_model_alias(name, alias, version))
 
     async def delete(self, name: str, alias: str | None = None) -> None:
         if alias is None:
             raise Unsupported("DELETE needs an alias: /v1/{model}/aliases/{alias}")
-        self.write_json(await self.aliases("delete_model_alias")(name, alias))
-
-
-class ModelMetadataHandler(handlers.ModelMetadataHandler):
-    """V2 model metadata, with the model's aliases as ``parameters.aliases`` when it has any (the protobuf
-    response has no parameters field, so they are added here, from the core's alias table)."""
-
-    async def get(self, name: str, version: str | None) -> None:
-        request = pb.ModelMetadataRequest(name=name, version=version or "")
-        document = message_to_json(await self.core.ModelMetadata(request))
-        aliases = getattr(self.core, "model_aliases", None)
-        found = aliases(document.get("name", name)) if aliases is not None else {}
-        if found:
-            document["parameters"] = {"aliases": found}
-        self.write_json(document)
+        self.write_json(await self.core.delete_model_alias(name, alias))
 
 
 class PredictHandler(_SimpleHandler):
     """``POST /predict`` (the default model) and ``POST /models/{model}/predict``; errors as ``{"detail": ...}``."""
 
-    def initialize(self, default_model: str = "", **deps: Any) -> None:  # type: ignore[override]
-        super().initialize(**deps)
+    def initialize(self, deps: Dependencies, default_model: str = "") -> None:
+        super().initialize(deps)
         self._default_model = default_model
-        self._detail = False
 
     async def post(self, name: str | None = None) -> None:
         name = name or await self._default()
@@ -146,15 +118,3 @@ class PredictHandler(_SimpleHandler):
                 f"(the repository has {len(names)} models; POST /models/{{model}}/predict names one)"
             )
         return str(names[0])
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self._detail = True  # the base class maps the error once; finish() restyles its body
-        super().write_error(status_code, **kwargs)
-
-    def finish(self, chunk: Any = None) -> Any:
-        if getattr(self, "_detail", False) and isinstance(chunk, bytes):
-            message = str(orjson.loads(chunk).get("error", ""))
-            if self.get_status() == 500:
-                message = f"Inference failed: {message}"
-            chunk = orjson.dumps({"detail": message})
-        return super().finish(chunk)

@@ -15,9 +15,8 @@ import torch
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.errors import ModelLoadError
-from v2server.repository.config import BACKEND, PLATFORM
 
-__all__ = ["autocomplete_config", "default_config"]
+__all__ = ["autocomplete_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +37,6 @@ _OUTPUT_TYPES = {name: row for name, row in _INPUT_TYPES.items() if name != "str
 _NO_TENSOR_FACTS = "TorchScript records no datatype or shape for a Tensor"
 _DECLARE_INPUTS = "declare the model's inputs in config.pbtxt"
 _DECLARE_OUTPUTS = "declare the model's outputs in config.pbtxt"
-
-
-def default_config(model_name: str) -> mc.ModelConfig:
-    """The configuration to auto-complete when a model directory has no ``config.pbtxt`` at all."""
-    return mc.ModelConfig(name=model_name, platform=PLATFORM, backend=BACKEND)
 
 
 def autocomplete_config(config: mc.ModelConfig, module: torch.jit.ScriptModule) -> list[str]:

@@ -27,20 +27,20 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from v2server.backends._arguments import ArgKind, Argument, Move, arg_kind, convert_argument, to_torch
-from v2server.backends._execution import ExecutionOptions, PinnedStaging, cuda_oom_summary, is_cuda_oom
+from v2server.backends.torchscript._arguments import ArgKind, Argument, Move, arg_kind, convert_argument, to_torch
+from v2server.backends.torchscript._execution import ExecutionOptions, PinnedStaging, cuda_oom_summary, is_cuda_oom
+from v2server.backends.base import StageTimes
 from v2server.errors import InferenceFailed, ModelLoadError
 from v2server.signature import Signature, TensorSpec
 from v2server.tensors import Tensor
 
-__all__ = ["StageTimes", "TorchScriptInstance", "load_instance"]
+__all__ = ["TorchScriptInstance", "load_instance"]
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +168,6 @@ def _from_result(
                 f"model '{model}' output '{spec.name}' has {array.size} elements, which do not fit shape {list(shape)}"
             ) from None
     return Tensor(spec.name, dt, array)
-
-
-@dataclass(frozen=True, slots=True)
-class StageTimes:
-    """Nanoseconds one execution spent in Triton's three compute stages (for statistics)."""
-
-    input_ns: int
-    infer_ns: int
-    output_ns: int
 
 
 class TorchScriptInstance:
