@@ -17,6 +17,7 @@ from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.core import InferenceObserver, InferenceReport
 from v2server.errors import InvalidRequest, Unsupported, V2Error
+from v2server.handle import Execution, ModelHandle
 from v2server.inference import (
     complete_raw_binary,
     decode_inputs,
@@ -25,7 +26,6 @@ from v2server.inference import (
     requested_outputs,
     schedule_parameters,
 )
-from v2server.handle import Execution, ModelHandle
 from v2server.registry import ModelState, Registry
 from v2server.settings import ControlMode
 

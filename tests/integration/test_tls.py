@@ -17,12 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trustme
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import trustme
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import BUNDLED_REPOSITORY, ROOT, RunningServer, cli_process, logged_port, loopback_settings
+from tests.conftest import (
+    BUNDLED_REPOSITORY,
+    ROOT,
+    RunningServer,
+    cli_process,
+    logged_port,
+    loopback_settings,
+)
 from v2server.settings import Settings
 
 KEY = "k"

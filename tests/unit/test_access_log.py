@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 import pytest
 
-from v2server import access_log
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.access_log import AccessLog
 from v2server.core import InferenceReport

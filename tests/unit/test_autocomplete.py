@@ -17,8 +17,8 @@ from google.protobuf import text_format
 from v2server._proto import model_config_pb2 as mc
 from v2server.backends import resolve
 from v2server.backends.torchscript import load_instance
-from v2server.errors import ModelLoadError
 from v2server.backends.torchscript.autocomplete import autocomplete_config
+from v2server.errors import ModelLoadError
 from v2server.repository.config import complete_config, default_config
 from v2server.signature import Signature
 from v2server.tensors import from_raw, serialize_bytes

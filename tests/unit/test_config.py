@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.errors import ModelLoadError
 from v2server.backends import resolve
+from v2server.errors import ModelLoadError
 from v2server.loading import ModelLoader
 from v2server.repository.config import complete_config
 

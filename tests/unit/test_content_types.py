@@ -12,7 +12,14 @@ import torch
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest
 from v2server.rest_api import content_types
-from v2server.rest_api.content_types import Codec, NumpyCodec, SimpleCodec, check_columns, codec_names, get_codec
+from v2server.rest_api.content_types import (
+    Codec,
+    NumpyCodec,
+    SimpleCodec,
+    check_columns,
+    codec_names,
+    get_codec,
+)
 
 
 def _objects(*items: bytes) -> np.ndarray:

@@ -16,8 +16,8 @@ import torch
 from google.protobuf import text_format
 
 from v2server._proto import model_config_pb2 as mc
-from v2server.backends.torchscript._execution import ExecutionOptions, cuda_oom_summary, is_cuda_oom
 from v2server.backends.torchscript import TorchScriptInstance, load_instance
+from v2server.backends.torchscript._execution import ExecutionOptions, cuda_oom_summary, is_cuda_oom
 from v2server.errors import ModelLoadError
 from v2server.repository.config import complete_config
 from v2server.signature import Signature

@@ -16,17 +16,17 @@ answered in the order the batches were formed, as Triton does.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from v2server._proto import model_config_pb2 as mc
 from v2server.batching.merge import batch_key, merge, split
+from v2server.batching.queue import BatchResult, PriorityQueue, QueuedRequest, queue_timeout_us
 from v2server.errors import DeadlineExceeded, InvalidRequest, ModelNotReady, QueueFull
 from v2server.tensors import Tensor
 
@@ -42,123 +42,9 @@ the batch receives it in ``BatchResult.info``.
 """
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """One request's answer from the batch it ran in."""
-
-    outputs: list[Tensor]
-    queue_ns: int  # time this request waited in the queue
-    batch_size: int  # the size of the batch it ran in (sum of merged request batch sizes)
-    info: Any = None  # what the runner reported about the execution
-
-
-@dataclass(eq=False, slots=True)
-class _Request:
-    inputs: list[Tensor]
-    outputs: list[str]
-    batch_size: int
-    key: Hashable
-    level: int  # index into the priority levels, 0 the highest
-    seq: int  # arrival order
-    arrived_ns: int
-    timeout_us: int  # 0: no timeout
-    future: asyncio.Future[BatchResult]
-
-    @property
-    def deadline_ns(self) -> int:
-        return self.arrived_ns + self.timeout_us * 1000
-
-
-@dataclass(slots=True)
-class _Level:
-    """One priority level: requests in arrival order, then those whose timeout expired under DELAY."""
-
-    policy: mc.ModelQueuePolicy
-    waiting: dict[int, _Request] = field(default_factory=dict)  # seq -> request; dicts keep insertion order
-    delayed: dict[int, _Request] = field(default_factory=dict)
-    deadlines: list[tuple[int, int]] = field(default_factory=list)  # heap of (deadline_ns, seq) of `waiting`
-
-    def __len__(self) -> int:
-        return len(self.waiting) + len(self.delayed)
-
-
-class _PriorityQueue:
-    """Triton's ``PriorityQueue``: a queue per priority level, each with its queue policy.
-
-    Iteration yields requests in scheduling order: level by level from the highest, and within a level the
-    requests still in time before those delayed by an expired timeout (``timeout_action: DELAY``).
-    """
-
-    def __init__(self, policies: list[mc.ModelQueuePolicy]) -> None:
-        self._levels = [_Level(policy) for policy in policies]
-
-    def __len__(self) -> int:
-        return sum(len(level) for level in self._levels)
-
-    def __iter__(self) -> Iterator[_Request]:
-        for level in self._levels:
-            yield from level.waiting.values()
-            yield from level.delayed.values()
-
-    def policy(self, level: int) -> mc.ModelQueuePolicy:
-        return self._levels[level].policy
-
-    def is_full(self, level: int) -> bool:
-        limit = self._levels[level].policy.max_queue_size
-        return limit != 0 and len(self._levels[level]) >= limit
-
-    def push(self, request: _Request) -> None:
-        level = self._levels[request.level]
-        level.waiting[request.seq] = request
-        if request.timeout_us:
-            heapq.heappush(level.deadlines, (request.deadline_ns, request.seq))
-
-    def remove(self, request: _Request) -> bool:
-        """Take ``request`` out of the queue; False if it was no longer queued."""
-        level = self._levels[request.level]
-        return (
-            level.waiting.pop(request.seq, None) is not None
-            or level.delayed.pop(request.seq, None) is not None
-        )
-
-    def expire(self, now_ns: int) -> list[_Request]:
-        """Apply every level's timeout action to requests past their deadline; return those to reject."""
-        rejected: list[_Request] = []
-        for level in self._levels:
-            while level.deadlines and level.deadlines[0][0] <= now_ns:
-                _, seq = heapq.heappop(level.deadlines)
-                request = level.waiting.pop(seq, None)
-                if request is None:  # already batched or cancelled
-                    continue
-                if level.policy.timeout_action == mc.ModelQueuePolicy.DELAY:
-                    level.delayed[seq] = request
-                else:
-                    rejected.append(request)
-        return rejected
-
-    def next_deadline(self) -> int | None:
-        """The earliest timeout among requests still waiting, if any."""
-        earliest: int | None = None
-        for level in self._levels:
-            while level.deadlines and level.deadlines[0][1] not in level.waiting:
-                heapq.heappop(level.deadlines)  # drop entries of requests that left
-            if level.deadlines and (earliest is None or level.deadlines[0][0] < earliest):
-                earliest = level.deadlines[0][0]
-        return earliest
-
-    def drain(self) -> list[_Request]:
-        """Empty every level and return what was queued."""
-        requests = list(self)
-        for level in self._levels:
-            level.waiting.clear()
-            level.delayed.clear()
-            level.deadlines.clear()
-        return requests
-
-
 @dataclass(eq=False, slots=True)
 class _Batch:
-    requests: list[_Request]
+    requests: list[QueuedRequest]
     outcome: list[BatchResult] | BaseException | None = None
 
     def resolve(self) -> None:
@@ -212,7 +98,7 @@ class DynamicBatcher:
         lowest = max(config.priority_levels, 1)
         default = config.default_priority_level
         self._default_level = default if 1 <= default <= lowest else lowest
-        self._queue = _PriorityQueue(
+        self._queue = PriorityQueue(
             [
                 config.priority_queue_policy.get(level, config.default_queue_policy)
                 for level in range(1, max(self._levels, 1) + 1)
@@ -270,7 +156,7 @@ class DynamicBatcher:
                 f"(max_queue_size {self._queue.policy(level).max_queue_size})"
             )
         wake = self._start()
-        request = _Request(
+        request = QueuedRequest(
             inputs=inputs,
             outputs=outputs,
             batch_size=batch_size,
@@ -278,7 +164,7 @@ class DynamicBatcher:
             level=level,
             seq=next(self._seq),
             arrived_ns=time.perf_counter_ns(),
-            timeout_us=_timeout_us(self._queue.policy(level), timeout_us),
+            timeout_us=queue_timeout_us(self._queue.policy(level), timeout_us),
             future=asyncio.get_running_loop().create_future(),
         )
         self._queue.push(request)
@@ -357,13 +243,13 @@ class DynamicBatcher:
                 _fail(request, exc)
             self._scheduler = None
 
-    def _next_batch(self, now_ns: int) -> tuple[list[_Request], int]:
+    def _next_batch(self, now_ns: int) -> tuple[list[QueuedRequest], int]:
         """The batch to run now, or ``([], when)``: nothing yet, look again at ``when`` (perf_counter ns).
 
         Follows Triton's ``DynamicBatchScheduler::GetDynamicBatch``, except that requests of another batch key
         are skipped rather than ending the batch.
         """
-        requests: list[_Request] = []
+        requests: list[QueuedRequest] = []
         total = 0
         can_grow = True
         head = next(iter(self._queue))
@@ -390,7 +276,7 @@ class DynamicBatcher:
             return requests, due
         return [], due
 
-    def _launch(self, requests: list[_Request], now_ns: int) -> None:
+    def _launch(self, requests: list[QueuedRequest], now_ns: int) -> None:
         for request in requests:
             self._queue.remove(request)
         batch = _Batch(requests)
@@ -431,14 +317,6 @@ class DynamicBatcher:
             self._in_order.popleft().resolve()
 
 
-def _timeout_us(policy: mc.ModelQueuePolicy, requested_us: int) -> int:
-    """Triton's rule: the policy's default, or the request's own timeout if allowed and shorter."""
-    timeout = policy.default_timeout_microseconds
-    if policy.allow_timeout_override and 0 < requested_us < timeout:
-        return requested_us
-    return timeout
-
-
-def _fail(request: _Request, error: BaseException) -> None:
+def _fail(request: QueuedRequest, error: BaseException) -> None:
     if not request.future.done():
         request.future.set_exception(error)

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from v2server._proto import grpc_service_pb2 as pb
-from v2server.datatypes import DATATYPES, datatype
+from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest, V2Error
 from v2server.rest_api.content_types import Codec, check_columns, get_codec
 from v2server.rest_api.messages import (

@@ -33,9 +33,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from v2server.backends.torchscript._arguments import ArgKind, Argument, Move, arg_kind, convert_argument, to_torch
-from v2server.backends.torchscript._execution import ExecutionOptions, PinnedStaging, cuda_oom_summary, is_cuda_oom
 from v2server.backends.base import StageTimes
+from v2server.backends.torchscript._arguments import (
+    ArgKind,
+    Argument,
+    Move,
+    arg_kind,
+    convert_argument,
+    to_torch,
+)
+from v2server.backends.torchscript._execution import (
+    ExecutionOptions,
+    PinnedStaging,
+    cuda_oom_summary,
+    is_cuda_oom,
+)
 from v2server.errors import InferenceFailed, ModelLoadError
 from v2server.signature import Signature, TensorSpec
 from v2server.tensors import Tensor
