@@ -3,7 +3,7 @@
 The servers run side by side, pinned to one CPU, with clients pinned to another; they are started afresh for
 each scenario (so a peak RSS belongs to that scenario) with only that scenario's model loaded, and the timed
 runs of each point take turns between them. Prints the
-table, and writes ``results.json``, ``table.md`` and ``chart.png`` to ``--out``.
+table, and writes ``results.json``, ``table.md``, ``chart-c1.png`` and ``chart-c16.png`` to ``--out``.
 """
 
 from __future__ import annotations

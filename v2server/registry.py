@@ -219,13 +219,14 @@ class Registry:
                 entry.status = statuses
             return statuses
         # A version that failed this time keeps serving its previous copy, as a fully failed reload does.
+        # The index shows such a version as READY with the reason; the caller still hears that it failed.
         kept = {version: old[version] for version in failures if version in old}
-        for status in statuses:
-            if status.version in kept:
-                status.state = ModelState.READY
-                status.reason = f"reload failed, still serving the previous load: {status.reason}"
         entry.handles = {**kept, **handles}
-        entry.status = statuses
+        entry.status = [
+            ModelStatus(name, s.version, ModelState.READY, f"reload failed, still serving the previous load: {s.reason}")
+            if s.version in kept else s
+            for s in statuses
+        ]
         entry.wanted = True
         entry.model_dir = model_dir
         entry.aliases = await asyncio.to_thread(read_aliases, model_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,9 +20,11 @@ KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[RunningServer]:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = tmp_path_factory.mktemp("secured")  # the alias route writes aliases.json: not into the checkout
+    shutil.copytree(BUNDLED_REPOSITORY / "simple", repo / "simple")
     running = RunningServer(loopback_settings(
-        BUNDLED_REPOSITORY, api_keys=(KEY, "other-key"), cors_allow_origins=("https://app.example",),
+        repo, api_keys=(KEY, "other-key"), cors_allow_origins=("https://app.example",),
         model_control_mode="explicit", load_models=("simple",),
     ))
     yield running

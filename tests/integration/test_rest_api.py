@@ -233,7 +233,7 @@ def test_unknown_route_and_wrong_method(server: RunningServer) -> None:
     status, _, body = http_call(server, "GET", "/v2/models/simple/infer")
     assert status == 405 and "error" in json.loads(body)
     status, _, body = http_call(server, "GET", "/v2/models/simple/versions/x1")
-    assert status == 404
+    assert status == 400 and json.loads(body)["error"] == "model 'simple': version 'x1' is not a number"
 
 
 def test_url_quoted_model_name(server: RunningServer) -> None:

@@ -73,7 +73,8 @@ def test_gpu_limit_only_when_asked_for(helm: Helm, scenario: str) -> None:
     if scenario not in KSERVE:
         containers = [_server_container(manifests)]
     else:
-        containers = _runtime(manifests)["spec"]["containers"] + [m["spec"]["predictor"]["model"] for m in find(manifests, "InferenceService")]
+        (runtime_container,) = _runtime(manifests)["spec"]["containers"]
+        containers = [runtime_container, one(manifests, "InferenceService")["spec"]["predictor"]["model"]]
     wants_gpu = scenario in ("gpu", "kserve-standard")
     for container in containers:
         limits = container["resources"].get("limits", {})
@@ -143,7 +144,9 @@ def test_scheduling_knobs(helm: Helm) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_standard_labels(helm: Helm, scenario: str) -> None:
-    for manifest in helm.render(scenario):
+    manifests = helm.render(scenario)
+    assert manifests, "a scenario that renders nothing would check no label"
+    for manifest in manifests:
         labels = manifest["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "v2server"
         assert labels["app.kubernetes.io/instance"] == "rel"

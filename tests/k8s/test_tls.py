@@ -76,7 +76,8 @@ def test_flags_point_at_the_mounted_files(helm: Helm) -> None:
     flags = _tls_flags(container)
     assert flags == HTTP_FLAGS + GRPC_FLAGS
     mounted = {f"{TLS_DIR}/{item['path']}" for v in pod["volumes"] if v["name"] == "tls" for item in v["secret"]["items"]}
-    assert {flag.partition("=")[2] for flag in flags if "/" in flag} <= mounted
+    paths = {flag.partition("=")[2] for flag in flags if "/" in flag}
+    assert paths == mounted == {f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"}
     assert container["args"][-1] == "--log-requests", "extraArgs stay last, so they can override"
 
 
@@ -141,24 +142,28 @@ def test_install_notes(helm: Helm) -> None:
 # -- transports and mutual TLS
 
 
-@pytest.mark.parametrize(("sets", "flags", "https"), [
-    (["tls.grpc=false"], HTTP_FLAGS, True),
-    (["tls.http=false"], GRPC_FLAGS, False),
-    (["tls.mutual=true", "tls.http=false"], GRPC_FLAGS + GRPC_MUTUAL, False),
-    (MUTUAL, HTTP_FLAGS + HTTP_MUTUAL + GRPC_FLAGS + GRPC_MUTUAL, True),
+@pytest.mark.parametrize(("sets", "flags", "https", "http_probes"), [
+    (["tls.grpc=false"], HTTP_FLAGS, True, PROBES),
+    (["tls.http=false"], GRPC_FLAGS, False, PROBES),
+    (["tls.mutual=true", "tls.http=false"], GRPC_FLAGS + GRPC_MUTUAL, False, PROBES),
+    # Mutual TLS on REST: the kubelet cannot present a certificate, so no probe is an httpGet one.
+    (MUTUAL, HTTP_FLAGS + HTTP_MUTUAL + GRPC_FLAGS + GRPC_MUTUAL, True, ()),
     ([*MUTUAL, "tls.grpc=false", "probes.readiness.enabled=true", "probes.readiness.type=grpc"],
-     HTTP_FLAGS + HTTP_MUTUAL, True),
+     HTTP_FLAGS + HTTP_MUTUAL, True, ()),
 ])
-def test_transports(helm: Helm, sets: list[str], flags: list[str], https: bool) -> None:
+def test_transports(
+    helm: Helm, sets: list[str], flags: list[str], https: bool, http_probes: tuple[str, ...]
+) -> None:
     manifests = helm.render("tls", sets=sets)
     pod = _pod(manifests)
     (container,) = pod["containers"]
     assert _tls_flags(container) == flags
     mutual = "tls.mutual=true" in sets
     assert _volume("tls.crt", "tls.key", *(["ca.crt"] if mutual else [])) in pod["volumes"]
-    for probe in PROBES:
-        if "httpGet" in container.get(probe, {}):
-            assert container[probe]["httpGet"].get("scheme") == ("HTTPS" if https else None), probe
+    # Exactly the expected httpGet probes, so the scheme check below cannot pass by finding none.
+    assert tuple(probe for probe in PROBES if "httpGet" in container.get(probe, {})) == http_probes
+    for probe in http_probes:
+        assert container[probe]["httpGet"].get("scheme") == ("HTTPS" if https else None), probe
     url = _test_pod(manifests)["containers"][0]["args"][-1]
     assert url.startswith("https://" if https else "http://")
 
@@ -183,13 +188,17 @@ def test_mutual_tls_probes_and_test_pod(helm: Helm) -> None:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("sets", [MUTUAL, ["tls.grpc=false"], ["tls.http=false", "tls.mutual=true"]])
 def test_variants_are_valid_kubernetes(helm: Helm, sets: list[str], version: str) -> None:
-    for manifest in helm.render("tls", sets=sets):
+    manifests = helm.render("tls", sets=sets)
+    assert sorted(m["kind"] for m in manifests) == ["Deployment", "Pod", "Service", "ServiceAccount"]
+    for manifest in manifests:
         kubernetes_validate.validate(manifest, version, strict=True)
 
 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "tls"])
 def test_off_by_default(helm: Helm, scenario: str) -> None:
-    for manifest in helm.render(scenario):
+    manifests = helm.render(scenario)
+    assert manifests, "a scenario that renders nothing would show no TLS setting"
+    for manifest in manifests:
         text = str(manifest)
         for needle in ("/etc/v2server/tls", "HTTPS", "https://", "ssl", "--insecure"):
             assert needle not in text, (manifest["kind"], needle)
@@ -246,6 +255,7 @@ def test_kserve_standard_runtime(helm: Helm, crds: Path) -> None:
     # KServe's predictor Service listens on 80: named, since https:// alone would mean 443.
     (curl,) = _test_pod(manifests)["containers"]
     assert curl["args"][-1] == "https://simple-predictor.ns.svc.cluster.local:80/v2/health/ready"
+    assert sorted(m["kind"] for m in manifests) == ["InferenceService", "Pod", "ServingRuntime"]
     for manifest in manifests:
         if is_kserve(manifest):
             _crd.validate(manifest)
@@ -253,33 +263,37 @@ def test_kserve_standard_runtime(helm: Helm, crds: Path) -> None:
             kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("sets", [
-    [*KSERVE_TLS, "tls.mutual=true", "probes.startup.enabled=false", "probes.liveness.type=tcp",
-     "probes.readiness.type=tcp"],
-    [*KSERVE_TLS, "kserve.runtime.singleModel=true", "kserve.runtime.kind=ClusterServingRuntime"],
+@pytest.mark.parametrize(("sets", "runtime"), [
+    ([*KSERVE_TLS, "tls.mutual=true", "probes.startup.enabled=false", "probes.liveness.type=tcp",
+      "probes.readiness.type=tcp"], "ServingRuntime"),
+    ([*KSERVE_TLS, "kserve.runtime.singleModel=true", "kserve.runtime.kind=ClusterServingRuntime"],
+     "ClusterServingRuntime"),
 ])
-def test_kserve_standard_variants_match_their_crds(helm: Helm, crds: Path, sets: list[str]) -> None:
+def test_kserve_standard_variants_match_their_crds(helm: Helm, crds: Path, sets: list[str], runtime: str) -> None:
     manifests = helm.render("kserve-standard", sets=sets)
     assert _tls_flags(_runtime_spec(manifests)["containers"][0])
-    for manifest in manifests:
-        if is_kserve(manifest):
-            _crd.validate(manifest)
+    kserve = [m for m in manifests if is_kserve(m)]
+    assert sorted(m["kind"] for m in kserve) == sorted([runtime, "InferenceService"])
+    for manifest in kserve:
+        _crd.validate(manifest)
 
 
-@pytest.mark.parametrize(("protocol", "sets", "flags"), [
-    ("grpc-v2", ["tls.grpc=false"], HTTP_FLAGS),
-    ("v2", ["tls.http=false"], GRPC_FLAGS),
+@pytest.mark.parametrize(("protocol", "sets", "flags", "http_probes"), [
+    ("grpc-v2", ["tls.grpc=false"], HTTP_FLAGS, ()),  # gRPC only: Knative's own TCP probe, none of ours
+    ("v2", ["tls.http=false"], GRPC_FLAGS, ("livenessProbe", "readinessProbe")),
 ])
 def test_knative_allows_tls_on_the_port_it_does_not_route(
-    helm: Helm, crds: Path, protocol: str, sets: list[str], flags: list[str]
+    helm: Helm, crds: Path, protocol: str, sets: list[str], flags: list[str], http_probes: tuple[str, ...]
 ) -> None:
     manifests = helm.render("kserve-knative", sets=[*KSERVE_TLS, f"kserve.protocolVersion={protocol}", *sets])
     spec = _runtime_spec(manifests)
     (container,) = spec["containers"]
     assert _tls_flags(container) == flags
     assert MOUNT in container["volumeMounts"] and _volume("tls.crt", "tls.key") in spec["volumes"]
-    for probe in PROBES:
-        assert container.get(probe, {}).get("httpGet", {}).get("scheme") is None, "Knative's port stays plaintext"
-    for manifest in manifests:
-        if is_kserve(manifest):
-            _crd.validate(manifest)
+    assert tuple(probe for probe in PROBES if probe in container) == http_probes
+    for probe in http_probes:
+        assert container[probe]["httpGet"].get("scheme") is None, "Knative's port stays plaintext"
+    kserve = [m for m in manifests if is_kserve(m)]
+    assert sorted(m["kind"] for m in kserve) == ["ClusterServingRuntime", "InferenceService"]
+    for manifest in kserve:
+        _crd.validate(manifest)

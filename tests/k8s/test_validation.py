@@ -41,7 +41,8 @@ def test_every_ci_values_file_is_a_scenario() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_core_objects_are_valid_kubernetes(helm: Helm, scenario: str, version: str) -> None:
     core = [m for m in _all_objects(helm, scenario) if _is_core(m)]
-    assert core or scenario == "kserve-knative", "only a gRPC-only InferenceService renders no core object"
+    # Exactly: a gRPC-only InferenceService renders no core object (not even a test Pod); every other scenario does.
+    assert bool(core) == (scenario != "kserve-knative"), [m["kind"] for m in core]
     for manifest in core:
         kubernetes_validate.validate(manifest, version, strict=True)
 
@@ -49,7 +50,9 @@ def test_core_objects_are_valid_kubernetes(helm: Helm, scenario: str, version: s
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_object_is_checked(helm: Helm, scenario: str) -> None:
     """Nothing escapes both validators: only the Prometheus Operator's ServiceMonitor is left to its own test."""
-    for manifest in _all_objects(helm, scenario):
+    manifests = _all_objects(helm, scenario)
+    assert manifests, "a scenario that renders nothing would escape every check"
+    for manifest in manifests:
         checked = _is_core(manifest) or is_kserve(manifest) or manifest["kind"] == "ServiceMonitor"
         assert checked, manifest["apiVersion"]
 
@@ -62,16 +65,17 @@ def test_kserve_objects_match_their_crds(helm: Helm, crds: Path, scenario: str) 
         _crd.validate(manifest)
 
 
-@pytest.mark.parametrize("sets", [
-    ["kserve.protocolVersion=v2"],
-    ["kserve.deploymentMode=Standard", "kserve.protocolVersion=grpc-v2"],
-    ["kserve.runtime.kind=ServingRuntime", "gpu.count=2"],
-    ["probes.readiness.type=grpc", "kserve.deploymentMode=Standard"],
+@pytest.mark.parametrize(("sets", "runtime"), [
+    (["kserve.protocolVersion=v2"], "ClusterServingRuntime"),
+    (["kserve.deploymentMode=Standard", "kserve.protocolVersion=grpc-v2"], "ClusterServingRuntime"),
+    (["kserve.runtime.kind=ServingRuntime", "gpu.count=2"], "ServingRuntime"),
+    (["probes.readiness.type=grpc", "kserve.deploymentMode=Standard"], "ClusterServingRuntime"),
 ])
-def test_kserve_variants_match_their_crds(helm: Helm, crds: Path, sets: list[str]) -> None:
-    for manifest in helm.render("kserve-knative", sets=sets):
-        if is_kserve(manifest):
-            _crd.validate(manifest)
+def test_kserve_variants_match_their_crds(helm: Helm, crds: Path, sets: list[str], runtime: str) -> None:
+    kserve = [m for m in helm.render("kserve-knative", sets=sets) if is_kserve(m)]
+    assert sorted(m["kind"] for m in kserve) == sorted([runtime, "InferenceService"])
+    for manifest in kserve:
+        _crd.validate(manifest)
 
 
 def _deployment(helm: Helm) -> Manifest:

@@ -1,4 +1,7 @@
-"""The route table of the REST gateway, with Triton's paths (a version in the path is digits only).
+"""The route table of the REST gateway, with Triton's paths.
+
+A version in the path is any one path segment: the data plane judges it, so ``/versions/v1`` is the same 400
+("version 'v1' is not a number") over REST as over gRPC, not a 404 for a route that does not exist.
 
 Each route family gets its ``Dependencies`` here, error style included: ``{"error": ...}`` on V2 and ``/v1``,
 ``{"detail": ...}`` on ``/predict``.
@@ -23,7 +26,7 @@ from v2server.rest_api.error_bodies import predict_error_body
 
 __all__ = ["make_app", "make_metrics_app"]
 
-_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[0-9]+))?"
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
 def make_app(

@@ -65,7 +65,7 @@ _INDEXED_NAME = re.compile(r".*__(\d+)$")
 
 #: A CPU model whose executions take less than this runs on the event loop itself: handing a request to the
 #: instance's thread and back (two thread switches, a GIL hand-off, future plumbing) costs about 150 us of CPU,
-#: many times what a small model costs. Measured with ``make bench``; see the README's benchmark section.
+#: many times what a small model costs. Measured with ``make bench``; see docs/benchmark.md.
 INLINE_BELOW_NS = 200_000
 _JUDGED_AFTER = 8  # executions on the thread before an instance may run inline
 
