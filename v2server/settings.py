@@ -33,6 +33,7 @@ GROUPS = {
     "": "General",
     "tls": "TLS (gRPC flags are Triton's; --http-ssl-* are v2server's)",
     "limits": "Connection limits (keepalive flags are Triton's, in milliseconds)",
+    "load": "Load limits: past them a request gets 413 or 503 instead of the server a stall",
 }
 
 
@@ -237,6 +238,16 @@ class Settings:
     grpc_http2_max_ping_strikes: int = option(2, "--grpc-http2-max-ping-strikes", kind="int", metavar="N",
                                               group="limits",
                                               help="strikes before the connection is closed (0: no limit)")
+    max_batch_rows: int = option(
+        10_000, "--max-batch-rows", kind="int", metavar="N", positive=True, group="load",
+        help="rows a /v1 or /predict batch may hold; more get 413")
+    max_inflight_bytes: int = option(
+        1 << 30, "--max-inflight-bytes", kind="int", metavar="BYTES", positive=True, group="load",
+        help="input bytes of all requests being served at once; a request past it gets 503")
+    grpc_max_stream_pending: int = option(
+        64, "--grpc-max-stream-pending", kind="int", metavar="N", positive=True, group="load",
+        help="unanswered requests on one ModelStreamInfer stream before it stops reading (flow control slows "
+        "the client)")
 
 
 def _declared() -> tuple[Option, ...]:
