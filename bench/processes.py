@@ -17,7 +17,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Pinning", "free_port", "peak_rss_bytes", "pinning", "started", "wait_http_ok", "wait_tcp"]
+__all__ = [
+    "Pinning", "free_port", "peak_rss_bytes", "pinning", "reset_peak_rss", "rss_bytes", "started", "tree",
+    "wait_http_ok", "wait_tcp",
+]
 
 
 @dataclass(frozen=True)
@@ -124,14 +127,43 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """Sum of the peak resident set (VmHWM) of ``pid`` and its descendants: a server's worker processes count."""
-    tree, total, stack = _children(), 0, [pid]
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's worker processes)."""
+    children, found, stack = _children(), [], [pid]
     while stack:
         current = stack.pop()
-        stack.extend(tree.get(current, []))
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+def _status_bytes(pids: Sequence[int], field: str) -> int:
+    total = 0
+    for pid in pids:
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) * 1024
     return total
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Sum of the peak resident set (VmHWM) of ``pid`` and its descendants: a server's worker processes count."""
+    return _status_bytes(tree(pid), "VmHWM")
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Sum of the current resident sets (VmRSS) of ``pids`` (those that still exist)."""
+    return _status_bytes(pids, "VmRSS")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the peak resident set (VmHWM) of ``pid`` and its descendants to their current one (Linux 4.0+);
+    False where the kernel refused it for some process."""
+    done = True
+    for current in tree(pid):
+        try:
+            Path(f"/proc/{current}/clear_refs").write_text("5")
+        except OSError:
+            done = False
+    return done

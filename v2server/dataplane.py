@@ -5,23 +5,38 @@ the REST gateway's ``RemoteCore`` both satisfy ``v2server.core.InferenceCore``. 
 here in one line per RPC and the REST gateway awaits the same methods (in-process or through a stub). Policy
 (validation, lookup, errors, the raw binary request's shape rule) lives here once; the transports only
 translate. What the transports want to log about an inference they learn from ``observe``.
+
+Load limits (design rule 13): the input bytes of all requests being served are counted against
+``--max-inflight-bytes`` (past it: ``QueueFull``, 503/UNAVAILABLE), a ModelStreamInfer stream reads no further
+request while ``--grpc-max-stream-pending`` of its requests are unanswered (HTTP/2 flow control then slows
+the client), and a large request is decoded and its response encoded in a worker thread
+(``inference.OFFLOAD_STEPS``). Per model, a dynamically batched model's queue is bounded by its config's
+``max_queue_size`` (the batcher); a model without dynamic batching has no queue of its own (as in Triton) and
+is bounded by the in-flight bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.core import InferenceObserver, InferenceReport
-from v2server.errors import InvalidRequest, Unsupported, V2Error
+from v2server.errors import InvalidRequest, QueueFull, Unsupported, V2Error
 from v2server.handle import Execution, ModelHandle
+from v2server.offload import run_in_worker
 from v2server.inference import (
+    OFFLOAD_STEPS,
+    check_contents,
     complete_raw_binary,
     decode_inputs,
     encode_response,
+    encode_steps,
     is_raw_binary,
     requested_outputs,
     schedule_parameters,
@@ -32,6 +47,12 @@ from v2server.settings import ControlMode
 __all__ = ["EXTENSIONS", "DataPlane"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: the defaults of --max-inflight-bytes and --grpc-max-stream-pending
+DEFAULT_MAX_INFLIGHT_BYTES = 1 << 30
+DEFAULT_MAX_STREAM_PENDING = 64
 
 #: Protocol extensions this server really implements; each issue that lands one adds it here.
 EXTENSIONS: tuple[str, ...] = (
@@ -58,6 +79,9 @@ class DataPlane:
         server_name: str = "v2server",
         strict_readiness: bool = True,
         control_mode: ControlMode = "none",
+        *,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        max_stream_pending: int = DEFAULT_MAX_STREAM_PENDING,
     ) -> None:
         self._registry = registry
         self._server_name = server_name
@@ -65,6 +89,14 @@ class DataPlane:
         self._control_mode = control_mode
         self._accepting = False
         self._observers: list[InferenceObserver] = []
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._max_stream_pending = max_stream_pending
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Input bytes of the requests being served now (counted against ``max_inflight_bytes``)."""
+        return self._inflight_bytes
 
     def for_caller(self, authorization: str | None) -> DataPlane:
         """The core a request talks to; in process there is no per-caller state (keys were checked at the
@@ -137,28 +169,58 @@ class DataPlane:
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """One inference. A raw binary request (no inputs, one raw entry) is described from the model's config
-        first. Observers hear of every request that reached a model version, whether it succeeded or not."""
+        first. Observers hear of every request that reached a model version, whether it succeeded or not.
+
+        Cheap checks come first (names, datatypes, shapes, each input's byte count against its shape), then
+        the in-flight bytes are reserved until the request ends; a large decode or encode runs in a worker
+        thread."""
         handle = self._registry.get(request.model_name, request.model_version)
-        execution: Execution | None = None
+        ran: list[Execution] = []
         try:
-            execution = await self._execute(handle, request)
-            return encode_response(request, handle.name, handle.version, execution.outputs)
+            return await self._infer(handle, request, ran)
         finally:
             if self._observers:
-                ran = (execution.batch_size, execution.queue_ns, execution.compute_ns) if execution else (0, 0, 0)
-                report = InferenceReport(request.id, handle.name, str(handle.version), *ran)
+                times = (ran[0].batch_size, ran[0].queue_ns, ran[0].compute_ns) if ran else (0, 0, 0)
+                report = InferenceReport(request.id, handle.name, str(handle.version), *times)
                 for observer in self._observers:
                     observer.inferred(request, report)
 
-    async def _execute(self, handle: ModelHandle, request: pb.ModelInferRequest) -> Execution:
+    async def _infer(
+        self, handle: ModelHandle, request: pb.ModelInferRequest, ran: list[Execution]
+    ) -> pb.ModelInferResponse:
         signature = handle.signature
+        raw = list(request.raw_input_contents)  # protobuf copies an entry at every access: once here
         if is_raw_binary(request):
-            complete_raw_binary(request, signature)
+            await _offload(len(raw[0]) // 4, complete_raw_binary, request, signature, raw[0])
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
-        inputs = decode_inputs(request)
         priority, timeout_us = schedule_parameters(request)
-        return await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
+        sizes = check_contents(request, raw)
+        with self._holding(sizes.nbytes):
+            inputs = await _offload(sizes.steps, decode_inputs, request, raw)
+            del raw  # the tensors hold what they need
+            execution = await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
+            ran.append(execution)
+            del inputs
+            return await _offload(
+                encode_steps(execution.outputs),
+                encode_response, request, handle.name, handle.version, execution.outputs,
+            )
+
+    @contextlib.contextmanager
+    def _holding(self, nbytes: int) -> Iterator[None]:
+        """Count ``nbytes`` of input as in flight while the block runs (ended by success, error or
+        cancellation alike); refuse the request when they would pass ``--max-inflight-bytes``."""
+        if self._inflight_bytes + nbytes > self._max_inflight_bytes:
+            raise QueueFull(
+                f"the server is serving {self._inflight_bytes} bytes of inputs; this request's {nbytes} more "
+                f"would pass --max-inflight-bytes ({self._max_inflight_bytes}); retry later"
+            )
+        self._inflight_bytes += nbytes
+        try:
+            yield
+        finally:
+            self._inflight_bytes -= nbytes
 
     async def ModelStreamInfer(
         self, requests: AsyncIterable[pb.ModelInferRequest]
@@ -170,6 +232,9 @@ class DataPlane:
         responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         sequences: dict[str, asyncio.Task[None]] = {}
+        # a permit per unanswered request: past the limit the stream reads nothing more, so gRPC stops taking
+        # the client's messages and HTTP/2 flow control slows it; answers keep flowing and free permits
+        pending = asyncio.Semaphore(self._max_stream_pending)
 
         async def answer(request: pb.ModelInferRequest, after: asyncio.Task[None] | None) -> None:
             if after is not None:
@@ -178,13 +243,20 @@ class DataPlane:
 
         async def read() -> None:
             try:
-                async for request in requests:
+                iterator = aiter(requests)
+                while True:
+                    await pending.acquire()
+                    try:
+                        request = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
                     sequence = _sequence_key(request)
                     task = asyncio.create_task(answer(request, sequences.get(sequence) if sequence else None))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     if sequence:
                         sequences[sequence] = task
+                        task.add_done_callback(functools.partial(_forget, sequences, sequence))
                 if tasks:
                     await asyncio.wait(list(tasks))
             finally:
@@ -193,7 +265,8 @@ class DataPlane:
         reader = asyncio.create_task(read())
         try:
             while (response := await responses.get()) is not None:
-                yield response
+                yield response  # resumed once the transport took it (a write waits for flow control)
+                pending.release()
             await reader
         finally:
             reader.cancel()
@@ -319,6 +392,21 @@ class DataPlane:
 
     async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
         raise _unimplemented("LogSettings")
+
+
+async def _offload(steps: int, function: Callable[..., _T], *args: object) -> _T:
+    """``function(*args)`` in a worker thread when it takes more than ``OFFLOAD_STEPS`` per-element steps,
+    inline otherwise (a thread hop costs more than a small tensor's work)."""
+    if steps > OFFLOAD_STEPS:
+        return await run_in_worker(function, *args)
+    return function(*args)
+
+
+def _forget(sequences: dict[str, asyncio.Task[None]], key: str, done: asyncio.Task[None]) -> None:
+    """Drop a finished sequence's last task (a later request of it will not wait on anything)."""
+    if sequences.get(key) is done:
+        del sequences[key]
+
 
 def _sequence_key(request: pb.ModelInferRequest) -> str:
     parameter = request.parameters.get("sequence_id")

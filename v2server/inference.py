@@ -4,22 +4,41 @@ The rules that tritonclient depends on live here: raw contents are indexed over 
 typed and raw contents never mix, and every output gets exactly one ``raw_output_contents`` entry, in the
 order of ``outputs``. A request with no inputs and a single raw entry (REST's raw binary request) is
 completed from the model's signature here, in the core, so that every transport sends one message for it.
+
+Decoding checks every input's size against its shape (``check_contents``) before any per-element work, and
+says how much per-element work follows, so that the caller can run a large one in a worker thread
+(``OFFLOAD_STEPS``; the same for ``encode_response`` with ``encode_steps``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from v2server._proto import grpc_service_pb2 as pb
+from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest, Unsupported
 from v2server.signature import Signature
-from v2server.tensors import Tensor, count_bytes_elements, from_contents, from_raw, to_raw
+from v2server.tensors import (
+    Tensor,
+    check_contents_size,
+    check_raw_size,
+    count_bytes_elements,
+    element_count,
+    from_contents,
+    from_raw,
+    to_raw,
+)
 
 __all__ = [
+    "OFFLOAD_STEPS",
+    "InputSizes",
+    "check_contents",
     "complete_raw_binary",
     "decode_inputs",
     "encode_response",
+    "encode_steps",
     "is_raw_binary",
     "requested_outputs",
     "schedule_parameters",
@@ -27,13 +46,34 @@ __all__ = [
 
 _SHM_PARAMETER = "shared_memory_region"
 
+#: Decoding a request or encoding a response that takes more per-element steps than this runs in a worker
+#: thread (``asyncio.to_thread``), a smaller one inline on the event loop, where a thread hop (~50-100 us)
+#: would cost more than the work. A step (walking a BYTES length prefix and building its ``bytes``, converting
+#: one typed value, prefixing one BYTES output) costs 0.1-0.3 us, so the most done inline is a few ms of the
+#: loop's time (design rule 13). Raw fixed-size tensors take no step per element: ``np.frombuffer`` in, one
+#: copy out (a copy holds the GIL wherever it runs, so a thread would not spare the loop).
+OFFLOAD_STEPS = 16_384
+#: A vectorised pass over raw BYTES (checking that every length prefix is the same) costs about a step per
+#: this many bytes.
+_BYTES_PER_STEP = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InputSizes:
+    """What ``check_contents`` learned of a request's inputs before decoding them."""
+
+    #: per-element steps decoding will take (compare with ``OFFLOAD_STEPS``)
+    steps: int
+    #: bytes of input data the request holds (raw entries, and typed values at their datatype's size)
+    nbytes: int
+
 
 def is_raw_binary(request: pb.ModelInferRequest) -> bool:
     """Whether ``request`` is a raw binary request: no inputs described, one raw entry holding the input."""
     return not request.inputs and len(request.raw_input_contents) == 1
 
 
-def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature) -> None:
+def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature, raw: bytes | None = None) -> None:
     """Describe the one input of a raw binary request (Triton's ``Inference-Header-Content-Length: 0``).
 
     The model must have exactly one input; its name and datatype come from the config and its shape is the
@@ -48,7 +88,7 @@ def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature) -> 
     spec = next(iter(signature.inputs.values()))
     dims = list(spec.dims)
     if dims.count(-1) == 1:
-        raw = request.raw_input_contents[0]
+        raw = request.raw_input_contents[0] if raw is None else raw
         known = math.prod(d for d in dims if d != -1)
         count = count_bytes_elements(raw) if spec.datatype.name == "BYTES" else len(raw) // spec.datatype.itemsize
         dims[dims.index(-1)] = count // known if known else 0
@@ -56,11 +96,17 @@ def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature) -> 
     request.inputs.add(name=spec.name, datatype=spec.datatype.name, shape=shape)
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
-    """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before)."""
-    raw = request.raw_input_contents
-    tensors: list[Tensor] = []
-    used = 0
+def check_contents(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = None) -> InputSizes:
+    """Every check of the inputs' contents that comes before per-element work: shared memory, raw indexing,
+    typed and raw not mixed, each raw entry's byte count against its shape (exact for fixed-size datatypes,
+    at least 4 bytes per BYTES element) and each typed field's number of values. Names, datatypes and shapes
+    against the model were checked before (``Signature.check_inputs``).
+
+    ``raw`` is ``request.raw_input_contents`` as a list, when the caller has it (protobuf makes a new copy of
+    an entry at every access, so callers take them once).
+    """
+    raw = list(request.raw_input_contents) if raw is None else raw
+    steps = nbytes = used = 0
     for tensor in request.inputs:
         if _SHM_PARAMETER in tensor.parameters:
             raise Unsupported(f"input '{tensor.name}': shared memory inputs are not supported by this server")
@@ -73,13 +119,32 @@ def decode_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
                 raise InvalidRequest(
                     f"input '{tensor.name}': raw_input_contents has {len(raw)} entries, fewer than the inputs"
                 )
-            tensors.append(from_raw(tensor.name, tensor.datatype, tensor.shape, raw[used]))
+            size = len(raw[used])
+            check_raw_size(tensor.name, tensor.datatype, tensor.shape, size)
+            if tensor.datatype == "BYTES":  # the walk never goes past one element more than the shape says
+                steps += element_count(tensor.shape) + size // _BYTES_PER_STEP
+            nbytes += size
             used += 1
         else:
-            tensors.append(from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents))
+            count = check_contents_size(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
+            steps += count
+            nbytes += count * max(DATATYPES[tensor.datatype].itemsize, 1)  # BYTES: its elements at 1 byte
     if used != len(raw):
         raise InvalidRequest(f"raw_input_contents has {len(raw)} entries for {used} inputs")
-    return tensors
+    return InputSizes(steps, nbytes)
+
+
+def decode_inputs(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = None) -> list[Tensor]:
+    """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before).
+
+    Every input's size is checked (``check_contents``) before any input is decoded. A large request takes
+    ``check_contents(...).steps`` steps here, which the caller runs in a worker thread.
+    """
+    raw = list(request.raw_input_contents) if raw is None else raw
+    check_contents(request, raw)
+    if raw:
+        return [from_raw(t.name, t.datatype, t.shape, data) for t, data in zip(request.inputs, raw, strict=True)]
+    return [from_contents(t.name, t.datatype, t.shape, t.contents) for t in request.inputs]
 
 
 def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> list[str]:
@@ -100,6 +165,11 @@ def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> li
                 raise Unsupported(f"output '{output.name}': '{unsupported}' is not supported by this server")
         names.append(output.name)
     return names
+
+
+def encode_steps(outputs: Sequence[Tensor]) -> int:
+    """Per-element steps ``encode_response`` takes for ``outputs`` (compare with ``OFFLOAD_STEPS``)."""
+    return sum(t.array.size for t in outputs if t.datatype.name == "BYTES")
 
 
 def encode_response(

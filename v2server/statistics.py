@@ -93,7 +93,10 @@ class Duration:
 
 
 class Histogram:
-    """A Prometheus-style histogram in microseconds: per-bucket counts, cumulated only when read."""
+    """A Prometheus-style histogram: per-bucket counts, cumulated only when read.
+
+    Values are in the unit of its bounds: microseconds for the latency histograms, seconds for the loop lag.
+    """
 
     __slots__ = ("_counts", "bounds", "count", "sum")
 
@@ -111,11 +114,11 @@ class Histogram:
         self.count = 0
         self.sum = 0.0
 
-    def observe(self, value_us: float) -> None:
+    def observe(self, value: float) -> None:
         # Prometheus buckets are "less than or equal": the first bound >= value is the one.
-        self._counts[bisect_left(self.bounds, value_us)] += 1
+        self._counts[bisect_left(self.bounds, value)] += 1
         self.count += 1
-        self.sum += value_us
+        self.sum += value
 
     def snapshot(self) -> HistogramSnapshot:
         cumulative: list[int] = []

@@ -8,7 +8,17 @@ same way for every transport and style (gRPC typed contents, V2 JSON, ``/v1``, `
 - BF16 is stored as its ``uint16`` bit pattern, rounded to nearest even as torch does.
 
 Raw contents become arrays with ``np.frombuffer`` (no copy, no per-element loop). BYTES elements travel as a
-4-byte little-endian length followed by the bytes; that is the only format that needs a pass per element.
+4-byte little-endian length followed by the bytes; that is the only format that needs a pass per element, and
+it is kept small (design rule 13, the event loop's budget):
+
+- the byte count is checked against the shape first (at least 4 bytes per element), before any element;
+- when every element has the same length (empty strings, fixed-width ids) the prefixes are checked with one
+  strided numpy view and the elements built without a Python loop; otherwise one tight loop walks the
+  prefixes, counts them against the shape (never past one element more than it declares) and only then
+  builds the ``bytes`` objects;
+- work over many elements is done in slices of ``CHUNK`` elements, so that no single C call holds the GIL for
+  long: the caller (``inference``) runs large tensors in a worker thread, and the event loop gets the GIL
+  back between slices.
 """
 
 from __future__ import annotations
@@ -26,9 +36,12 @@ from v2server.datatypes import DATATYPES, DataType, datatype
 from v2server.errors import InvalidRequest, V2Error
 
 __all__ = [
+    "CHUNK",
     "Tensor",
     "bfloat16_to_float32",
     "bytes_array",
+    "check_contents_size",
+    "check_raw_size",
     "count_bytes_elements",
     "deserialize_bytes",
     "element_count",
@@ -41,6 +54,12 @@ __all__ = [
 ]
 
 _LENGTH = struct.Struct("<I")
+#: Elements per C call when many are converted, built or joined (about 1-5 ms of GIL each): a worker thread
+#: doing a large tensor lets the event loop's thread in between slices.
+CHUNK = 65_536
+#: Below this many bytes a BYTES buffer is split by the plain loop: numpy's fixed cost (~10 us) is more than
+#: the loop's for a few dozen elements.
+_SMALL_BYTES = 512
 _INT64 = np.iinfo(np.int64)
 _BF16_INF = 0x7F80  # exponent all ones, mantissa zero: what an overflowing bfloat16 rounds to
 
@@ -149,9 +168,13 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 def bytes_array(items: Iterable[bytes]) -> np.ndarray:
     """A 1-D BYTES array (dtype object) of ``items``; ``np.array`` would make a fixed-width ``S`` array."""
-    items = list(items)
+    items = items if isinstance(items, list) else list(items)
     array = np.empty(len(items), dtype=object)
-    array[:] = items
+    if len(items) <= CHUNK:
+        array[:] = items
+    else:
+        for start in range(0, len(items), CHUNK):
+            array[start : start + CHUNK] = items[start : start + CHUNK]
     return array
 
 
@@ -164,42 +187,152 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.n
 
 
 def _split_bytes(buffer: bytes | memoryview, count: int, where: str, error: type[V2Error]) -> np.ndarray:
-    view = memoryview(buffer)
-    items: list[bytes] = []
-    offset, end = 0, len(view)
-    while offset < end:
-        if offset + 4 > end:
-            raise error(f"{where}: BYTES data ends inside an element's 4-byte length prefix")
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + length > end:
-            raise error(f"{where}: BYTES element {len(items)} claims {length} bytes but only {end - offset} remain")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if len(items) != count:
-        raise error(f"{where}: expected {count} BYTES elements for its shape, got {len(items)}")
-    return bytes_array(items)
+    data = buffer if isinstance(buffer, bytes) else memoryview(buffer).cast("B").tobytes()
+    _check_bytes_size(count, len(data), where, error)
+    uniform = _uniform_layout(data) if len(data) > _SMALL_BYTES else None
+    if uniform is not None:
+        found, length = uniform
+        if found != count:
+            raise error(f"{where}: expected {count} BYTES elements for its shape, got {found}")
+        return _uniform_elements(data, count, length)
+    # never walk past one element more than the shape declares (a small buffer is walked whole, to say how many)
+    ends, truncated = _element_ends(data, count + 1 if len(data) > _SMALL_BYTES else len(data))
+    if truncated:
+        raise error(f"{where}: BYTES data ends inside an element's 4-byte length prefix")
+    if ends and ends[-1] > len(data):
+        start = ends[-2] + 4 if len(ends) > 1 else 4
+        raise error(
+            f"{where}: BYTES element {len(ends) - 1} claims {ends[-1] - start} bytes but only "
+            f"{len(data) - start} remain"
+        )
+    if len(ends) != count:
+        stopped = ends and ends[-1] < len(data)  # at the walk's limit: there are more elements still
+        got = f"more than {count}" if stopped else str(len(ends))
+        raise error(f"{where}: expected {count} BYTES elements for its shape, got {got}")
+    return bytes_array(_slices(data, ends))
+
+
+def _check_bytes_size(count: int, size: int, where: str, error: type[V2Error]) -> None:
+    """The check before any element is read: ``count`` elements need at least their 4-byte prefixes."""
+    if 4 * count > size:
+        raise error(
+            f"{where}: expected {count} BYTES elements for its shape, got at most {size // 4} "
+            f"({size} bytes, and each element has a 4-byte length prefix)"
+        )
+
+
+def _uniform_layout(data: bytes) -> tuple[int, int] | None:
+    """``(count, length)`` when every element of ``data`` has the same length, checked with one strided view
+    of the prefixes (no Python loop); ``None`` when they differ or the data is malformed."""
+    if not data:
+        return 0, 0
+    if len(data) < 4:
+        return None
+    (length,) = _LENGTH.unpack_from(data, 0)
+    stride = 4 + length
+    if len(data) % stride:
+        return None
+    count = len(data) // stride
+    prefixes = np.ndarray((count,), dtype="<u4", buffer=data, strides=(stride,))
+    for start in range(0, count, CHUNK * 16):  # a compare releases the GIL; the slices bound each call anyway
+        if not (prefixes[start : start + CHUNK * 16] == length).all():
+            return None
+    return count, length
+
+
+def _uniform_elements(data: bytes, count: int, length: int) -> np.ndarray:
+    """The ``count`` elements of ``length`` bytes each, built in slices without a Python loop per element."""
+    array = np.empty(count, dtype=object)
+    if length == 0:
+        for start in range(0, count, CHUNK):
+            array[start : start + CHUNK] = b""
+        return array
+    # a void view keeps every byte (a fixed-width ``S`` view would drop trailing NULs) and lists as bytes
+    values = np.ndarray((count,), dtype=np.dtype((np.void, length)), buffer=data, offset=4, strides=(4 + length,))
+    for start in range(0, count, CHUNK):
+        array[start : start + CHUNK] = values[start : start + CHUNK].tolist()
+    return array
+
+
+def _element_ends(data: bytes, limit: int) -> tuple[list[int], bool]:
+    """Walk the length prefixes: the offset just past each element (at most ``limit`` of them), and whether
+    the data ends inside a prefix. The last end may lie past the data (that element claims too much): no
+    other can, since the walk stops there. This is the one sequential pass of the format, kept tight."""
+    unpack = _LENGTH.unpack_from
+    ends: list[int] = []
+    append = ends.append
+    offset, size = 0, len(data)
+    try:
+        for _ in range(limit):
+            if offset >= size:
+                break
+            offset += 4 + unpack(data, offset)[0]
+            append(offset)
+    except struct.error:  # fewer than 4 bytes left for a prefix
+        return ends, True
+    return ends, False
+
+
+def _slices(data: bytes, ends: list[int]) -> list[bytes]:
+    starts = [4, *(end + 4 for end in ends[:-1])]
+    return [data[start:end] for start, end in zip(starts, ends)]
 
 
 def count_bytes_elements(buffer: bytes | memoryview) -> int:
     """How many length-prefixed BYTES elements ``buffer`` holds (as far as its prefixes are whole)."""
-    view = memoryview(buffer)
-    count = offset = 0
-    while offset + 4 <= len(view):
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4 + length
-        count += 1
-    return count
+    data = buffer if isinstance(buffer, bytes) else memoryview(buffer).cast("B").tobytes()
+    uniform = _uniform_layout(data) if len(data) > _SMALL_BYTES else None
+    if uniform is not None:
+        return uniform[0]
+    return len(_element_ends(data, len(data))[0])
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:
-    """Length-prefix every element of a BYTES (or str) array, in row-major order."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    """Length-prefix every element of a BYTES (or str) array, in row-major order.
+
+    The elements are joined by ``bytes.join`` and the prefixes put between them by numpy, a slice of ``CHUNK``
+    elements at a time; only ``str`` elements (or other non-bytes objects) take a Python pass, to encode them.
+    """
+    flat = array.reshape(-1)
+    if flat.size <= 16:
+        return b"".join(_LENGTH.pack(len(data)) + data for data in map(_as_bytes, flat.tolist()))
+    parts = [_serialize_slice(flat[start : start + CHUNK].tolist()) for start in range(0, flat.size, CHUNK)]
+    return parts[0].tobytes() if len(parts) == 1 else b"".join(part.data for part in parts)
+
+
+def _as_bytes(item: object) -> bytes:
+    return item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
+
+
+def _serialize_slice(items: list[Any]) -> np.ndarray:
+    try:
+        payload = b"".join(items)
+    except TypeError:  # str elements (or objects bytes() converts)
+        items = [_as_bytes(item) for item in items]
+        payload = b"".join(items)
+    if not payload:  # all empty (padding): no lengths to take
+        return np.zeros(4 * len(items), dtype=np.uint8)
+    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    if int(lengths.sum()) != len(payload):  # a buffer whose len() is not its byte count (a memoryview of ints)
+        items = [bytes(item) for item in items]
+        payload = b"".join(items)
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    count = len(items)
+    out = np.empty(4 * count + len(payload), dtype=np.uint8)
+    data = np.frombuffer(payload, dtype=np.uint8)
+    prefixes = lengths.astype("<u4").view(np.uint8).reshape(count, 4)
+    if lengths.min() == lengths.max():
+        rows = out.reshape(count, -1)
+        rows[:, :4] = prefixes
+        rows[:, 4:] = data.reshape(count, -1)
+    else:
+        at = np.arange(0, 4 * count, 4) + np.cumsum(lengths) - lengths  # where each prefix goes
+        index = (at[:, None] + np.arange(4)).reshape(-1)
+        out[index] = prefixes.reshape(-1)
+        payload_at = np.ones(out.size, dtype=np.bool_)
+        payload_at[index] = False
+        out[payload_at] = data
+    return out
 
 
 # --- protobuf tensors <-> arrays ---------------------------------------------------------------------------
@@ -210,6 +343,22 @@ def from_raw(name: str, datatype_name: str, shape: Sequence[int], raw: bytes) ->
     dt = datatype(datatype_name)
     _check_shape(name, shape)
     return Tensor(name, dt, _raw_array(dt, shape, raw, f"input '{name}'", InvalidRequest))
+
+
+def check_raw_size(name: str, datatype_name: str, shape: Sequence[int], size: int) -> None:
+    """The checks of a raw input that come before any per-element work: its datatype, its shape, and its byte
+    count against the shape (exact for fixed-size datatypes; at least 4 bytes per BYTES element)."""
+    dt = datatype(datatype_name)
+    _check_shape(name, shape)
+    _check_size(dt, shape, size, f"input '{name}'", InvalidRequest)
+
+
+def _check_size(dt: DataType, shape: Sequence[int], size: int, where: str, error: type[V2Error]) -> None:
+    count = element_count(shape)
+    if dt.name == "BYTES":
+        _check_bytes_size(count, size, where, error)
+    elif size != count * dt.itemsize:
+        raise error(f"{where}: expected {count * dt.itemsize} bytes for shape {list(shape)} of {dt.name}, got {size}")
 
 
 def output_array(name: str, datatype_name: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
@@ -225,19 +374,29 @@ def output_array(name: str, datatype_name: str, shape: Sequence[int], raw: bytes
 
 
 def _raw_array(dt: DataType, shape: Sequence[int], raw: bytes, where: str, error: type[V2Error]) -> np.ndarray:
-    count = element_count(shape)
+    _check_size(dt, shape, len(raw), where, error)
     if dt.name == "BYTES":
-        array = _split_bytes(raw, count, where, error)
+        array = _split_bytes(raw, element_count(shape), where, error)
     else:
-        expected = count * dt.itemsize
-        if len(raw) != expected:
-            raise error(f"{where}: expected {expected} bytes for shape {list(shape)} of {dt.name}, got {len(raw)}")
         array = np.frombuffer(raw, dtype=dt.numpy)
     return array.reshape(tuple(shape))
 
 
 def from_contents(name: str, datatype_name: str, shape: Sequence[int], contents: object) -> Tensor:
     """A request input from typed ``InferTensorContents``: the field must be the one of its datatype."""
+    dt, values = _checked_contents(name, datatype_name, shape, contents)
+    return Tensor(name, dt, _storage_in_slices(name, dt, values).reshape(tuple(shape)))
+
+
+def check_contents_size(name: str, datatype_name: str, shape: Sequence[int], contents: object) -> int:
+    """The checks of a typed input that come before any value is converted (datatype, field, the number of
+    values against the shape); returns that number."""
+    return len(_checked_contents(name, datatype_name, shape, contents)[1])
+
+
+def _checked_contents(
+    name: str, datatype_name: str, shape: Sequence[int], contents: object
+) -> tuple[DataType, Sequence[Any]]:
     dt = datatype(datatype_name)
     _check_shape(name, shape)
     if dt.contents_field is None:
@@ -249,7 +408,20 @@ def from_contents(name: str, datatype_name: str, shape: Sequence[int], contents:
             f"input '{name}': expected {count} values in {dt.contents_field} for shape {list(shape)}, "
             f"got {len(values)}"
         )
-    return Tensor(name, dt, storage_array(name, dt, values).reshape(tuple(shape)))
+    return dt, values
+
+
+def _storage_in_slices(name: str, dt: DataType, values: Sequence[Any]) -> np.ndarray:
+    """``storage_array`` a slice of ``CHUNK`` values at a time: converting a repeated protobuf field makes a
+    Python object per value inside one C call, which would hold the GIL for the whole field."""
+    if len(values) <= CHUNK:
+        return storage_array(name, dt, values)
+    first = storage_array(name, dt, values[:CHUNK])
+    array = np.empty(len(values), dtype=first.dtype)
+    array[:CHUNK] = first
+    for start in range(CHUNK, len(values), CHUNK):
+        array[start : start + CHUNK] = storage_array(name, dt, values[start : start + CHUNK])
+    return array
 
 
 def to_raw(tensor: Tensor) -> bytes:

@@ -1,8 +1,11 @@
 """Triton's ``model_warmup``: synthetic requests every instance runs before its model version is READY.
 
-TorchScript's profiling executor specialises and optimises a graph over its first calls *per thread*, and CUDA
-sets up kernels and caches lazily, so without warmup the first real requests pay that cost. Warmup requests go
-through each instance's own ``execute`` (its own worker thread), so the cost is paid at load time instead.
+TorchScript's profiling executor profiles and optimises a method over its first calls (once per method, shared
+by every thread), OpenMP creates a team of worker threads for each thread on its first parallel region, and
+CUDA sets up kernels and caches lazily, so without warmup the first real requests pay those costs. Warmup
+requests go through each instance's own ``execute`` (its own worker thread), so the cost is paid at load time
+instead; an instance that may run short executions on the event loop (``warm_inline``, see
+``backends/base.py``) then runs each request once more there, so that the loop's thread is warm too.
 
 The data follows Triton (``backend_model_instance.cc``): a warmup input's ``dims`` exclude the batch
 dimension; one sample is built and repeated ``batch_size`` times; ``input_data_file`` names a file under
@@ -83,8 +86,14 @@ async def run_warmup(
                 try:
                     await instance.execute_timed(request.inputs, outputs, request.batch_size)
                 except Exception as exc:  # the model's or our failure: either way the version cannot serve
-                    reason = exc.message if isinstance(exc, V2Error) else (str(exc) or type(exc).__name__)
-                    raise ModelLoadError(f"model_warmup '{request.name}' failed: {reason}") from exc
+                    raise _failed(request, exc) from exc
+        warm_inline = getattr(instance, "warm_inline", None)
+        if warm_inline is not None:  # after the thread's warmup, so that the executor's compiling is done
+            for request in requests:
+                try:
+                    warm_inline(request.inputs, outputs, request.batch_size)
+                except Exception as exc:
+                    raise _failed(request, exc) from exc
 
     results = await asyncio.gather(*(warm(instance) for instance in instances), return_exceptions=True)
     failure = next((r for r in results if isinstance(r, BaseException)), None)
@@ -92,6 +101,11 @@ async def run_warmup(
         raise failure
     if requests:
         log.debug("warmed up %d instance(s) with %d model_warmup request(s)", len(instances), len(requests))
+
+
+def _failed(request: WarmupRequest, exc: Exception) -> ModelLoadError:
+    reason = exc.message if isinstance(exc, V2Error) else (str(exc) or type(exc).__name__)
+    return ModelLoadError(f"model_warmup '{request.name}' failed: {reason}")
 
 
 def _request(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,29 @@ def test_cancelled_requests_free_their_queued_work(server: RunningServer) -> Non
         assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         assert _wait_for(lambda: batcher.queued == 0), "the gRPC client's queued request was not dropped"
         assert client.is_server_ready()
+
+
+def _loop_lag_count(url: str) -> float:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    assert "# TYPE v2server_event_loop_lag_seconds histogram" in lines
+    assert any(line.startswith("# HELP v2server_event_loop_lag_seconds ") for line in lines)
+    assert any(line.startswith('v2server_event_loop_lag_seconds_bucket{le="0.001"} ') for line in lines)
+    return float(next(line for line in lines if line.startswith("v2server_event_loop_lag_seconds_count ")).split()[-1])
+
+
+def test_event_loop_lag_is_on_metrics_and_keeps_being_sampled(server: RunningServer) -> None:
+    first = _loop_lag_count(server.metrics_url)
+    for _ in range(300):  # bounded: the server samples its loop every 100 ms
+        if _loop_lag_count(server.metrics_url) > first:
+            break
+        time.sleep(0.05)
+    assert _loop_lag_count(server.metrics_url) > first
+    assert server.server.loop_lag.running
+
+
+def test_the_loop_lag_sampler_stops_with_the_server(tmp_path: Path) -> None:
+    running = RunningServer(loopback_settings(tmp_path))
+    assert running.server.loop_lag.running
+    running.stop()
+    assert not running.server.loop_lag.running

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer
+from tests.conftest import BUNDLED_REPOSITORY, RunningServer, loopback_settings
 
 
 def _simple(client_module, value: int, batch: int = 1):  # type: ignore[no-untyped-def]
@@ -101,3 +103,59 @@ def test_grpc_health_service(server: RunningServer) -> None:
         for service in ("", "inference.GRPCInferenceService"):
             response = stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- load limits: --grpc-max-stream-pending and --max-inflight-bytes -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[RunningServer]:
+    """A server whose streams read at most 2 unanswered requests and that serves at most 64 KiB of inputs."""
+    running = RunningServer(
+        loopback_settings(BUNDLED_REPOSITORY, grpc_max_stream_pending=2, max_inflight_bytes=64 * 1024)
+    )
+    yield running
+    running.stop()
+
+
+def test_a_stream_past_its_pending_limit_answers_everything_and_keeps_sequences_in_order(
+    limited_server: RunningServer,
+) -> None:
+    responses: queue.Queue = queue.Queue()  # type: ignore[type-arg]
+    with grpcclient.InferenceServerClient(limited_server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        for i in range(30):
+            if i % 3:
+                client.async_stream_infer("simple", _simple(grpcclient, i), request_id=f"free{i}")
+            else:
+                client.async_stream_infer(
+                    "simple", _simple(grpcclient, i), request_id=f"seq{i}", sequence_id=5,
+                    sequence_start=i == 0, sequence_end=i == 27,
+                )
+        client.stop_stream()
+    seen = []
+    while not responses.empty():
+        result, error = responses.get_nowait()
+        assert error is None
+        seen.append((result.get_response().id, int(result.as_numpy("OUTPUT0")[0, 0])))
+    assert sorted(seen) == sorted((f"{'free' if i % 3 else 'seq'}{i}", i + 1) for i in range(30))
+    assert [name for name, _ in seen if name.startswith("seq")] == [f"seq{i}" for i in range(0, 30, 3)]
+
+
+def test_inputs_past_max_inflight_bytes_get_unavailable_and_nothing_stays_held(limited_server: RunningServer) -> None:
+    with grpcclient.InferenceServerClient(limited_server.grpc_url) as client:
+        with pytest.raises(InferenceServerException) as info:  # 20,000 x 7 bytes: more than served at once
+            client.infer("simple_identity", _bytes(20_000))
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "--max-inflight-bytes (65536)" in info.value.message()
+        for i in range(3):  # released: requests that fit keep being served
+            result = client.infer("simple", _simple(grpcclient, i))
+            assert int(result.as_numpy("OUTPUT0")[0, 0]) == i + 1
+        assert limited_server.server.core.inflight_bytes == 0
+
+
+def _bytes(count: int) -> list[grpcclient.InferInput]:
+    array = np.full((1, count), b"abc", dtype=object)
+    tensor = grpcclient.InferInput("INPUT0", [1, count], "BYTES")
+    tensor.set_data_from_numpy(array)
+    return [tensor]

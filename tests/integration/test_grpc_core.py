@@ -304,6 +304,45 @@ def test_malformed_raw_contents(
     assert message in info.value.details()
 
 
+@pytest.mark.parametrize(
+    "items",
+    [[b""] * 300_000, [("é" * (i % 5)).encode() + b"%d" % i for i in range(100_000)]],
+    ids=["300k-empty", "100k-varied"],
+)
+def test_many_bytes_elements_round_trip(client: grpcclient.InferenceServerClient, items: list[bytes]) -> None:
+    """Past the size where the core decodes and encodes in a worker thread, element for element."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    result = client.infer("simple_identity", [_input("INPUT0", array.reshape(1, -1), "BYTES")])
+    assert result.as_numpy("OUTPUT0").reshape(-1).tolist() == items
+
+
+_ONE_MORE = (
+    "input 'INPUT0': expected 100001 BYTES elements for its shape, got at most 100000 (400000 bytes, "
+    "and each element has a 4-byte length prefix)"
+)
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        (100_001, _ONE_MORE),
+        (99_999, "input 'INPUT0': expected 99999 BYTES elements for its shape, got 100000"),
+    ],
+    ids=["one-more", "one-fewer"],
+)
+def test_a_large_bytes_tensor_off_by_one_is_refused(
+    client: grpcclient.InferenceServerClient, count: int, message: str
+) -> None:
+    import grpc
+
+    request = _raw_request("simple_identity", [("INPUT0", "BYTES", [1, count])], [b"\0" * 400_000])
+    with pytest.raises(grpc.RpcError) as info:
+        client._client_stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == message
+
+
 def test_typed_and_raw_contents_do_not_mix(client: grpcclient.InferenceServerClient) -> None:
     import grpc
 

@@ -269,12 +269,60 @@ def test_plain_http_compression(server: RunningServer, encoding: str) -> None:
     raw = json.dumps(SIMPLE_JSON).encode()
     packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
     status, headers, body = http_call(server, "POST", "/v2/models/simple/infer", packed,
-                                  {"Content-Encoding": encoding, "Accept-Encoding": encoding})
+                                      {"Content-Encoding": encoding, "Accept-Encoding": encoding})
+    # the request inflates; the answer, a few hundred bytes, is not worth compressing and goes as it is
+    assert status == 200 and "content-encoding" not in headers
+    assert json.loads(body)["outputs"][0]["data"][0] == 1
+
+
+def _identity_fp32(values: np.ndarray, binary_output: bool) -> bytes:
+    return json.dumps({
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, len(values)], "data": values.tolist()}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": binary_output}}],
+    }).encode()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_large_json_answer_is_compressed(server: RunningServer, encoding: str) -> None:
+    values = np.random.default_rng(1).random(100_000).astype(np.float32)  # a 2 MB body: parsed off the loop
+    status, headers, body = http_call(server, "POST", "/v2/models/identity_fp32/infer",
+                                      _identity_fp32(values, False), {"Accept-Encoding": f"{encoding}, br"})
     assert status == 200 and headers["content-encoding"] == encoding
     plain = gzip.decompress(body) if encoding == "gzip" else zlib.decompress(body)
-    assert json.loads(plain)["outputs"][0]["data"][0] == 1
-    status, headers, _ = http_call(server, "POST", "/v2/models/simple/infer", raw)
-    assert "content-encoding" not in headers
+    assert len(body) < len(plain) * 0.7
+    np.testing.assert_array_equal(np.array(json.loads(plain)["outputs"][0]["data"], np.float32), values)
+
+
+def test_an_incompressible_binary_answer_is_not_compressed(server: RunningServer) -> None:
+    values = np.random.default_rng(2).random(100_000).astype(np.float32)
+    status, headers, body = http_call(server, "POST", "/v2/models/identity_fp32/infer",
+                                      _identity_fp32(values, True), {"Accept-Encoding": "gzip, deflate"})
+    assert status == 200 and "content-encoding" not in headers
+    length = int(headers["inference-header-content-length"])
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32), values)
+
+
+def test_a_gzip_bomb_is_413_and_the_server_answers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.conftest import BUNDLED_REPOSITORY, loopback_settings
+
+    limit = 64 * 1024
+    running = RunningServer(loopback_settings(BUNDLED_REPOSITORY, allow_grpc=False, http_max_body_size=limit,
+                                              model_control_mode="explicit", load_models=("simple",)))
+    try:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        bomb = b"".join([*(packer.compress(bytes(1 << 20)) for _ in range(64)), packer.flush()])  # 64 MiB
+        assert len(bomb) < limit
+        status, _, body = http_call(running, "POST", "/v2/models/simple/infer", bomb, {"Content-Encoding": "gzip"})
+        assert status == 413
+        assert json.loads(body)["error"] == (
+            f"request body inflates past the limit of {limit} bytes (--http-max-body-size)"
+        )
+        assert http_call(running, "GET", "/v2/health/live")[0] == 200
+        status, _, _ = http_call(running, "POST", "/v2/models/simple/infer", gzip.compress(json.dumps(SIMPLE_JSON).encode()),
+                                 {"Content-Encoding": "gzip"})
+        assert status == 200
+    finally:
+        running.stop()
 
 
 def test_unknown_content_type_is_400(server: RunningServer) -> None:

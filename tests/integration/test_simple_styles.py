@@ -97,6 +97,33 @@ def test_v1_batch_on_a_batching_model_is_one_execution(server: RunningServer) ->
     assert executions() == before + 1
 
 
+def test_large_batches_below_the_limit(server: RunningServer) -> None:
+    # a model without batching: one execution per row, a bounded number at a time; the body leaves the loop
+    rows = [[i, i, 2 * i, 1] for i in range(3000)]
+    status, answer = _post(server, "/v1/example_adder/latest", {"data": rows[::-1]})
+    assert status == 200 and answer == {"data": [[i, 3 * i + 1] for i in range(3000)]}
+    # a batching model: rows stacked max_batch_size at a time
+    a = [[i % 100] * 16 for i in range(1000)]
+    status, answer = _post(server, "/models/simple/predict", {"INPUT0": a, "INPUT1": [[1] * 16] * 1000})
+    assert status == 200
+    assert answer == {"OUTPUT0": [[x + 1 for x in row] for row in a], "OUTPUT1": [[x - 1 for x in row] for row in a]}
+
+
+def test_a_batch_over_the_limit_is_413_naming_the_flag(server: RunningServer) -> None:
+    executions = _post(server, "/v2/models/example_adder/stats", None, "GET")[1]["model_stats"][0]["execution_count"]
+    rows = [[i, 1, 2, 3] for i in range(10_001)]
+    rows[5][3] = "not a number"  # refused on its length and first row, before row 5 is read
+    status, error = _post(server, "/v1/example_adder/latest", {"data": rows})
+    assert (status, error) == (413, {"error": "a batch of 10001 rows exceeds the limit of 10000 rows per request "
+                                              "(--max-batch-rows); send it as several requests"})
+    status, error = _post(server, "/v1/example_adder/latest?batch=true", {"data": [[i, 1, 2, 3] for i in range(10_001)]})
+    assert status == 413 and "--max-batch-rows" in error["error"]
+    status, error = _post(server, "/models/simple/predict", {"INPUT0": [[0] * 16] * 10_001, "INPUT1": [[0] * 16] * 10_001})
+    assert status == 413 and "a batch of 10001 rows exceeds the limit of 10000 rows" in error["detail"]
+    after = _post(server, "/v2/models/example_adder/stats", None, "GET")[1]["model_stats"][0]["execution_count"]
+    assert after == executions
+
+
 def test_v1_errors(server: RunningServer) -> None:
     status, error = _post(server, "/v1/example_dict_doubler/latest", {"data": {"value": "x"}})
     assert status == 400 and "'d'" in error["error"] and "not int" in error["error"]

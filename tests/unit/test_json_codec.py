@@ -277,7 +277,56 @@ def test_an_integer_beyond_64_bits_reads_as_a_float_and_is_refused() -> None:
         parse_infer_request("m", "", body, None)
 
 
-# --- compression -------------------------------------------------------------------------------------------
+def test_a_length_mismatch_is_refused_before_any_value_is_converted() -> None:
+    # the bad value is never looked at: the flat data's length already disagrees with the shape
+    body = b'{"inputs": [{"name": "A", "datatype": "FP32", "shape": [1, 784], "data": [1.0, "x", 3.0]}]}'
+    with pytest.raises(InvalidRequest, match=r"^input 'A': data has 3 elements but shape \[1, 784\] needs 784$"):
+        parse_infer_request("m", "", body, None)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([1.0] * 99_999 + [True], "input 'A': data must be numbers for FP32, got boolean true"),
+        ([1.0] * 50_000 + ["x"] + [1.0] * 49_999, None),  # a string inside: parsed as usual, same message
+        ([1.0] * 99_999 + [1e39], "input 'A': a value is out of range for FP32"),
+    ],
+)
+def test_a_large_flat_array_converted_in_pieces_gets_the_messages_of_a_small_one(
+    values: list[Any], message: str | None
+) -> None:
+    body = orjson.dumps({"inputs": [{"name": "A", "datatype": "FP32", "shape": [len(values)], "data": values}]})
+    small = orjson.dumps({"inputs": [{"name": "A", "datatype": "FP32", "shape": [2], "data": values[-2:]}]})
+    if message is None:
+        with pytest.raises(InvalidRequest) as expected:
+            parse_infer_request("m", "", small.replace(b"1.0", b'"x"'), None)
+        message = expected.value.message
+    with pytest.raises(InvalidRequest) as caught:
+        parse_infer_request("m", "", body, None)
+    assert caught.value.message == message
+
+
+def test_a_large_flat_array_that_is_not_valid_json_is_400() -> None:
+    data = b"1," * 100_000 + b",2"  # 100,002 elements by its commas, and an empty one among them
+    body = b'{"inputs": [{"name": "A", "datatype": "INT32", "shape": [100002], "data": [' + data + b"]}]}"
+    with pytest.raises(InvalidRequest, match="^request body is not valid JSON"):
+        parse_infer_request("m", "", body, None)
+
+
+def test_a_large_body_parses_and_renders_as_a_small_one() -> None:
+    values = np.arange(200_000, dtype=np.float32) / 3  # several parse and render pieces
+    body = orjson.dumps({"inputs": [{"name": "A", "datatype": "FP32", "shape": [2, 100_000], "data": values}]},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+    request, options = parse_infer_request("m", "", body, None)
+    np.testing.assert_array_equal(np.frombuffer(request.raw_input_contents[0], np.float32), values)
+    response = pb.ModelInferResponse(
+        model_name="m", outputs=[pb.ModelInferResponse.InferOutputTensor(name="A", datatype="FP32", shape=[2, 100_000])],
+        raw_output_contents=[values.tobytes()],
+    )
+    rendered, json_length = render_infer_response(response, options)
+    assert json_length is None
+    assert rendered == orjson.dumps(orjson.loads(rendered))  # one valid document, as one call renders it
+    np.testing.assert_array_equal(np.array(orjson.loads(rendered)["outputs"][0]["data"], np.float32), values)
 
 
 # --- parameters --------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from v2server.metrics import TritonCollector, make_registry, render
+from v2server.metrics import LoopLagSampler, TritonCollector, make_registry, render
 from v2server.statistics import VersionStatistics
 
 MS = 1_000_000  # ns
@@ -305,3 +307,59 @@ def test_gpu_is_probed_at_the_first_scrape_only(
     gpu_samples(collector)
     gpu_samples(collector)
     assert inits == [1]
+
+
+# -- event loop lag ---------------------------------------------------------------------------------------------
+
+
+def _lag(registry: Any) -> dict[str, float]:
+    """The loop-lag histogram's samples: ``le`` -> cumulative count, plus ``count`` and ``sum``."""
+    family = families(render(registry)[0].decode())["v2server_event_loop_lag_seconds"]
+    values = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    values.update({s.name.rsplit("_", 1)[1]: s.value for s in family.samples if not s.name.endswith("_bucket")})
+    return values
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(2000):  # bounded: the sampler's ticks come from the loop's timers
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the loop-lag sampler did not observe in time")
+
+
+async def test_loop_lag_is_exposed_and_sampled_over_time() -> None:
+    sampler = LoopLagSampler(interval=0.01)
+    registry = make_registry(list, gpu=False, loop_lag=sampler)
+    text = render(registry)[0].decode()
+    assert "# TYPE v2server_event_loop_lag_seconds histogram" in text.splitlines()
+    assert "# HELP v2server_event_loop_lag_seconds How late the event loop ran a timer" in text
+    assert _lag(registry)["count"] == 0
+    sampler.start()
+    sampler.start()  # once
+    try:
+        await _until(lambda: _lag(registry)["count"] >= 3)
+    finally:
+        sampler.stop()
+    les = [le for le in _lag(registry) if le not in ("count", "sum")]
+    assert les[0] == "0.001" and les[-2] == "10.0" and les[-1] == "+Inf"
+    stopped = _lag(registry)["count"]
+    await asyncio.sleep(0.05)
+    assert _lag(registry)["count"] == stopped and not sampler.running
+
+
+async def test_a_blocked_loop_is_recorded_in_a_bucket_above_100ms() -> None:
+    sampler = LoopLagSampler(interval=0.01)
+    registry = make_registry(list, gpu=False, loop_lag=sampler)
+    sampler.start()
+    try:
+        asyncio.get_running_loop().call_soon(time.sleep, 0.2)  # holds the loop while a tick is due
+        await _until(lambda: _lag(registry)["+Inf"] > _lag(registry)["0.1"])
+    finally:
+        sampler.stop()
+    assert _lag(registry)["sum"] >= 0.1
+
+
+def test_loop_lag_sampler_needs_a_positive_interval() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        LoopLagSampler(interval=0)

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import datatype
-from v2server.errors import InvalidRequest
+from v2server.errors import InvalidRequest, PayloadTooLarge
 from v2server.rest_api.json_codec import parse_infer_request
 from v2server.rest_api.simple_codec import (
     SimpleModel,
@@ -106,6 +106,36 @@ def test_batch_on_a_batching_model_is_stacked_in_chunks() -> None:
         for i, (r, n) in enumerate(zip(plan.requests, plan.rows_per_request, strict=True))
     ]
     assert v1_answer(plan, responses) == {"data": [[1, [10.0, 11.0]], [3, [0.0, 1.0]], ["z", [2.0, 3.0]]]}
+
+
+def test_a_batch_over_max_rows_is_refused_before_its_rows_are_read() -> None:
+    rows: list[list[object]] = [[i, 1, 2, 3] for i in range(11)]
+    rows[4][2] = "bad"  # never read
+    for batch in (None, True):
+        with pytest.raises(PayloadTooLarge) as caught:
+            v1_plan(ADDER, "", _body(rows), batch, max_rows=10)
+        assert caught.value.message == (
+            "a batch of 11 rows exceeds the limit of 10 rows per request (--max-batch-rows); send it as several requests"
+        )
+    assert len(v1_plan(ADDER, "", _body([[i, 1, 2, 3] for i in range(10)]), max_rows=10).requests) == 10
+    # data whose first element is no row is a single request, whatever its length
+    with pytest.raises(InvalidRequest, match="takes 3 arguments"):
+        v1_plan(ADDER, "", _body(list(range(11))), max_rows=10)
+    with pytest.raises(PayloadTooLarge, match="a batch of 11 rows exceeds the limit of 10 rows"):
+        predict_plan(VECTOR, "", orjson.dumps({"x": [[1.0, "bad"]] * 11}), max_rows=10)
+    (request,) = predict_plan(VECTOR, "", orjson.dumps({"x": [1.0] * 11}), max_rows=10).requests  # one row of 11
+    assert list(request.inputs[0].shape) == [1, 11]
+
+
+def test_rows_convert_as_one_array_or_row_by_row_alike() -> None:
+    # one array per input for all rows; where the rows differ in form, one array per row: the same requests
+    uniform = v1_plan(ADDER, "", _body([[1, 3, 4, 5], [2, 6, 7, 8]]))
+    mixed = v1_plan(ADDER, "", _body([[1, 3, [4], 5], [2, [6], 7, 8]]))
+    assert uniform.requests == mixed.requests
+    assert [list(r.inputs[1].shape) for r in uniform.requests] == [[1], [1]]
+    stacked = v1_plan(VECTOR, "", _body([[1, [1.0, 2.0]], [2, [3.0, 4.0]], [3, [5.0, 6.0]]]))
+    assert [list(r.inputs[0].shape) for r in stacked.requests] == [[2, 2], [1, 2]]
+    assert np.frombuffer(stacked.requests[1].raw_input_contents[0], np.float32).tolist() == [5.0, 6.0]
 
 
 def test_batch_errors() -> None:

@@ -10,9 +10,12 @@ from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest, V2Error
 from v2server.tensors import (
+    CHUNK,
     Tensor,
     bfloat16_to_float32,
     bytes_array,
+    check_raw_size,
+    count_bytes_elements,
     deserialize_bytes,
     element_count,
     from_contents,
@@ -75,22 +78,130 @@ def test_bytes_wire_format_is_a_4_byte_little_endian_length_then_the_bytes() -> 
     assert deserialize_bytes(b"\x00\x01\x00\x00" + b"z" * 256, 1, "IN").tolist() == [b"z" * 256]
 
 
+_AT_MOST = "and each element has a 4-byte length prefix)"
+
+
 @pytest.mark.parametrize(
     ("raw", "count", "message"),
     [
-        (b"\x02\x00", 1, "input 'IN0': BYTES data ends inside an element's 4-byte length prefix"),
-        (b"\x01\x00\x00\x00a\x03", 2, "input 'IN0': BYTES data ends inside an element's 4-byte length prefix"),
+        (b"\x02\x00", 0, "input 'IN0': BYTES data ends inside an element's 4-byte length prefix"),
+        (b"\x01\x00\x00\x00a\x03", 1, "input 'IN0': BYTES data ends inside an element's 4-byte length prefix"),
         (b"\x05\x00\x00\x00ab", 1, "input 'IN0': BYTES element 0 claims 5 bytes but only 2 remain"),
         (b"\x01\x00\x00\x00a" * 3, 2, "input 'IN0': expected 2 BYTES elements for its shape, got 3"),
-        (b"\x01\x00\x00\x00a", 2, "input 'IN0': expected 2 BYTES elements for its shape, got 1"),
-        (b"", 1, "input 'IN0': expected 1 BYTES elements for its shape, got 0"),
+        (b"\x05\x00\x00\x00hello", 2, "input 'IN0': expected 2 BYTES elements for its shape, got 1"),
+        (b"\x01\x00\x00\x00a", 2, f"input 'IN0': expected 2 BYTES elements for its shape, got at most 1 (5 bytes, {_AT_MOST}"),
+        (b"", 1, f"input 'IN0': expected 1 BYTES elements for its shape, got at most 0 (0 bytes, {_AT_MOST}"),
+        (b"\x02\x00", 1, f"input 'IN0': expected 1 BYTES elements for its shape, got at most 0 (2 bytes, {_AT_MOST}"),
     ],
-    ids=["truncated-prefix", "truncated-second-prefix", "over-long-element", "too-many", "too-few", "empty"],
+    ids=["truncated-prefix", "truncated-second-prefix", "over-long-element", "too-many", "too-few",
+         "too-few-for-the-prefixes", "empty", "short-for-the-prefixes"],
 )
 def test_malformed_bytes(raw: bytes, count: int, message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         from_raw("IN0", "BYTES", [count], raw)
     assert caught.value.message == message
+
+
+# --- BYTES at scale: the uniform fast path, the walk, slices, and the checks before any element ---------------
+
+
+def _wire(items: list[bytes]) -> bytes:
+    """The wire format written independently of ``serialize_bytes``."""
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def _varied(count: int) -> list[bytes]:
+    return [bytes([i % 251]) * (i % 7) + b"\x00" * (i % 3) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [b""] * (2 * CHUNK + 3),  # uniform, empty: more than two slices
+        [b"ab\x00"] * (CHUNK + 1),  # uniform with trailing NULs, which a fixed-width S view would drop
+        [b"\x00"] * 200,  # uniform, within one slice
+        _varied(2 * CHUNK + 5),  # the walk
+        [b"x" * 70_000, b"", b"y"],  # few long elements
+        [b"z" * 1000],  # one element, past the small-buffer path
+    ],
+    ids=["empty-elements", "equal-with-nuls", "small-uniform", "varied", "long", "single"],
+)
+def test_many_bytes_elements_round_trip(items: list[bytes]) -> None:
+    raw = _wire(items)
+    array = deserialize_bytes(raw, len(items), "IN")
+    assert array.dtype == object and array.shape == (len(items),)
+    assert array.tolist() == items
+    assert all(type(item) is bytes for item in array[:: max(1, len(items) // 100)])
+    assert count_bytes_elements(raw) == len(items)
+    assert serialize_bytes(array) == raw
+    assert serialize_bytes(array.reshape(1, -1)) == raw
+    assert from_raw("IN", "BYTES", [1, len(items)], raw).array.reshape(-1).tolist() == items
+
+
+def test_bytes_from_a_memoryview_and_of_str_elements() -> None:
+    items = [b"a", b"bcd", b""] * 100
+    raw = _wire(items)
+    assert deserialize_bytes(memoryview(raw), len(items), "IN").tolist() == items
+    strings = np.array(["é", "", "abc"] * 10_000, dtype=object)
+    assert serialize_bytes(strings) == _wire(["é".encode(), b"", b"abc"] * 10_000)
+    mixed = np.array([b"x", "y", bytearray(b"z"), np.bytes_(b"w")] * 20, dtype=object)
+    assert serialize_bytes(mixed) == _wire([b"x", b"y", b"z", b"w"] * 20)
+    views = np.empty(20, dtype=object)
+    views[:] = [memoryview(np.array([1, 2], dtype=np.int32))] * 20  # len() 2, 8 bytes
+    assert serialize_bytes(views) == _wire([b"\x01\x00\x00\x00\x02\x00\x00\x00"] * 20)
+    assert serialize_bytes(np.empty(0, dtype=object)) == b""
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_uniform_bytes_tensor_off_by_one_is_refused_with_its_count(delta: int) -> None:
+    raw = b"\x00" * 4 * 100_000  # 100,000 empty elements
+    with pytest.raises(InvalidRequest) as caught:
+        from_raw("IN", "BYTES", [1, 100_000 + delta], raw)
+    if delta < 0:
+        assert caught.value.message == "input 'IN': expected 99999 BYTES elements for its shape, got 100000"
+    else:  # refused by the byte count alone, before any element is read
+        assert caught.value.message == (
+            f"input 'IN': expected 100001 BYTES elements for its shape, got at most 100000 (400000 bytes, {_AT_MOST}"
+        )
+
+
+def test_a_varied_bytes_tensor_is_not_walked_past_its_shape() -> None:
+    items = _varied(50_000)
+    raw = _wire(items)
+    with pytest.raises(InvalidRequest) as caught:
+        deserialize_bytes(raw, 10, "IN")
+    assert caught.value.message == "input 'IN': expected 10 BYTES elements for its shape, got more than 10"
+    with pytest.raises(InvalidRequest) as caught:
+        deserialize_bytes(raw, 50_001, "IN")
+    assert caught.value.message == "input 'IN': expected 50001 BYTES elements for its shape, got 50000"
+    with pytest.raises(InvalidRequest, match="BYTES element 49999 claims"):
+        deserialize_bytes(raw[:-1], 50_000, "IN")
+    with pytest.raises(InvalidRequest, match="ends inside an element's 4-byte length prefix"):
+        deserialize_bytes(raw + b"\x01", 50_000, "IN")
+
+
+def test_check_raw_size_is_the_check_before_any_element() -> None:
+    check_raw_size("IN", "BYTES", [2], 8)
+    check_raw_size("IN", "INT32", [2, 2], 16)
+    with pytest.raises(InvalidRequest, match=r"expected 3 BYTES elements for its shape, got at most 2 \(11 bytes"):
+        check_raw_size("IN", "BYTES", [3], 11)
+    with pytest.raises(InvalidRequest, match=r"^input 'IN': expected 16 bytes for shape \[2, 2\] of INT32, got 15$"):
+        check_raw_size("IN", "INT32", [2, 2], 15)
+    with pytest.raises(InvalidRequest, match="negative dimension"):
+        check_raw_size("IN", "BYTES", [-2], 8)
+
+
+def test_large_typed_contents_convert_in_slices() -> None:
+    values = list(range(-CHUNK, 2 * CHUNK + 7))
+    tensor = from_contents("IN", "INT32", [len(values)], pb.InferTensorContents(int_contents=values))
+    assert tensor.array.dtype == np.int32 and tensor.array.tolist() == values
+    blobs = [b"%d" % i for i in range(CHUNK + 9)]
+    tensor = from_contents("IN", "BYTES", [len(blobs)], pb.InferTensorContents(bytes_contents=blobs))
+    assert tensor.array.dtype == object and tensor.array.tolist() == blobs
+    bad = [0] * (CHUNK + 10) + [300]
+    with pytest.raises(InvalidRequest, match="^input 'IN': value 300 is out of range for INT8$"):
+        from_contents("IN", "INT8", [len(bad)], pb.InferTensorContents(int_contents=bad))
+    assert bytes_array(iter(blobs)).tolist() == blobs
 
 
 @pytest.mark.parametrize(
@@ -258,7 +369,7 @@ def test_output_array_reads_raw_outputs_shaped() -> None:
     ("datatype", "raw", "message"),
     [
         ("INT32", b"\x00" * 6, "output 'OUT': expected 8 bytes for shape [2] of INT32, got 6"),
-        ("BYTES", b"\x05\x00\x00\x00ab", "output 'OUT': BYTES element 0 claims 5 bytes but only 2 remain"),
+        ("BYTES", b"\x05\x00\x00\x00ab\x00\x00", "output 'OUT': BYTES element 0 claims 5 bytes but only 4 remain"),
         ("INT4", b"", "output 'OUT': unknown datatype 'INT4'"),
     ],
 )

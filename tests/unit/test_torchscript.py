@@ -392,30 +392,3 @@ async def test_runs_on_cuda_and_returns_to_the_cpu(load: Load) -> None:
     instance = load(Double(), _io("input", "x:FP16:2") + _io("output", "y:FP16:2"), device="cuda:0")
     [out] = await instance.execute([_tensor("x", "FP16", [1.5, 2])], ["y"], 0)
     assert (instance.device.type, str(out.array.dtype), out.array.tolist()) == ("cuda", "float16", [3.0, 4.0])
-
-
-class Busy(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ones(256, 256)
-        for _ in range(40):
-            y = torch.tanh(y @ y)
-        return x + y[0, :2]
-
-
-async def test_short_executions_run_on_the_event_loop(load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a few executions on its thread, a model whose runs are short runs inline, with the same results."""
-    monkeypatch.setattr("v2server.backends.torchscript.instance.INLINE_BELOW_NS", 10**9)  # any CPU model counts as short
-    instance = load(SubtractXY(), _io("input", "x:INT32:2", "y:INT32:2") + _io("output", "OUT:INT32:2"))
-    answers = []
-    for step in range(12):
-        assert instance.runs_inline == (step >= 8)
-        [out] = await instance.execute([_tensor("x", "INT32", [10, step]), _tensor("y", "INT32", [1, 1])], ["OUT"], 0)
-        answers.append(out.array.tolist())
-    assert answers == [[9, step - 1] for step in range(12)]
-
-
-async def test_long_executions_stay_on_the_instance_thread(load: Load) -> None:
-    instance = load(Busy(), _io("input", "x:FP32:2") + _io("output", "OUT:FP32:2"))
-    for _ in range(10):
-        await instance.execute([_tensor("x", "FP32", [1.0, 2.0])], ["OUT"], 0)
-    assert not instance.runs_inline  # 40 matrix products of 256x256 take far more than INLINE_BELOW_NS of CPU

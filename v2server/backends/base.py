@@ -32,13 +32,22 @@ class StageTimes:
 class ModelInstance(Protocol):
     """One loaded copy of a model version on one device."""
 
-    #: executions started and not finished (the registry sends a request to the least busy instance)
+    #: executions started and not finished (the registry sends a request to the least busy instance). An
+    #: execution counts until its work has finished, not until its caller stops waiting: a cancelled request
+    #: whose work still runs on a thread keeps the instance busy.
     pending: int
 
     async def execute_timed(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
-        """Run one batch; never block the event loop for long (use a worker thread)."""
+        """Run one batch; never block the event loop for long (use a worker thread).
+
+        An instance that runs some executions on the event loop itself (short ones, as TorchScript's may)
+        should also define ``warm_inline(inputs, outputs, batch_size) -> bool``: after an instance's warmup
+        requests ran through ``execute_timed``, ``run_warmup`` calls it once per request, so that the loop's
+        thread pays its one-time costs (an OpenMP team, allocator caches) at load rather than on a request.
+        It runs the request on the calling thread when the instance may run inline and returns whether it did.
+        """
         ...
 
     def close(self) -> None:

@@ -36,10 +36,12 @@ def make_app(
     keys: ApiKeys | None = None,
     cors_origins: Iterable[str] = (),
     default_model: str = "",
+    max_batch_rows: int = 10_000,
 ) -> tornado.web.Application:
     """A Tornado application that serves the V2 REST API on top of ``core`` (the data plane or a remote core),
     and beside it the simple styles ``/v1/{model}/{selector}`` and ``/predict`` (``default_model`` or the only
-    model). With ``access``, every request is logged, with what the core reports of its inferences."""
+    model), whose batches may hold ``max_batch_rows`` rows (``--max-batch-rows``; 0: no limit). With
+    ``access``, every request is logged, with what the core reports of its inferences."""
     if access is not None:
         core.observe(access)
     deps = Dependencies(
@@ -48,6 +50,7 @@ def make_app(
         access=access,
         keys=keys if keys is not None and keys.enabled else None,
         cors_origins=frozenset(cors_origins),
+        max_batch_rows=max_batch_rows,
     )
     v2 = {"deps": deps}  # the V2 and /v1 routes answer errors as {"error": ...}
     predict = {"deps": dataclasses.replace(deps, error_body=predict_error_body), "default_model": default_model}

@@ -44,6 +44,8 @@ class Dependencies:
         keys: the API keys every route but the probes needs (None: no keys).
         cors_origins: origins allowed to call from a browser (``*``: any).
         error_body: how this route family renders an error (``{"error"}``, ``{"detail"}``).
+        max_batch_rows: rows a ``/v1`` or ``/predict`` batch may hold; more are refused with 413 (0: no
+            limit here).
     """
 
     core: InferenceCore
@@ -52,6 +54,7 @@ class Dependencies:
     keys: ApiKeys | None = None
     cors_origins: frozenset[str] = frozenset()
     error_body: ErrorBody = v2_error_body
+    max_batch_rows: int = 0
 
 
 @tornado.web.stream_request_body
@@ -80,6 +83,7 @@ class V2Handler(tornado.web.RequestHandler):
     def initialize(self, deps: Dependencies) -> None:
         self.core = deps.core.for_caller(self.request.headers.get("Authorization"))
         self.max_body_size = deps.max_body_size
+        self.max_batch_rows = deps.max_batch_rows
         self._access = deps.access
         self._keys = deps.keys
         self._cors_origins = deps.cors_origins
@@ -135,10 +139,21 @@ class V2Handler(tornado.web.RequestHandler):
 
     @property
     def body(self) -> bytes:
-        """The request body as received (joined once)."""
+        """The request body as received (joined once: a copy of the whole body, so a handler of large bodies
+        joins ``body_parts`` off the event loop instead)."""
         if len(self._chunks) != 1:
             self._chunks = [b"".join(self._chunks)]
         return self._chunks[0]
+
+    @property
+    def body_parts(self) -> list[bytes]:
+        """The request body in the pieces it arrived in (``b"".join`` them for the body)."""
+        return self._chunks
+
+    @property
+    def body_size(self) -> int:
+        """The request body's length in bytes."""
+        return self._received
 
     # -- CORS ----------------------------------------------------------------------------------------------
 
@@ -204,8 +219,13 @@ class V2Handler(tornado.web.RequestHandler):
         self.finish()
 
     def write_json(self, value: Any) -> None:
+        """A small JSON answer (metadata, configuration), rendered here on the loop."""
+        self.write_json_text(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def write_json_text(self, text: bytes) -> None:
+        """A JSON answer already rendered (large answers are rendered off the loop)."""
         self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+        self.finish(text)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error of every route: mapped once (``describe_error``), rendered in the route's style."""

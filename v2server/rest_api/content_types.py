@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,8 @@ import orjson
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest
+from v2server.offload import CHUNK_ELEMENTS
+from v2server.rest_api import chunked_json
 from v2server.tensors import bfloat16_to_float32, bytes_array, storage_array
 
 __all__ = [
@@ -129,12 +132,36 @@ class NumpyCodec(Codec):
         The simple styles have no ``shape`` member: they read the shape from the nesting.
         """
         flat, types, shape = _flatten(data, input_name)
-        return self._values(flat, types, datatype, input_name).reshape(shape)
+        try:
+            return self._values(flat, types, datatype, input_name).reshape(shape)
+        finally:
+            if flat is not data:
+                chunked_json.discard(flat)  # a large flat copy is freed in steps (see discard)
 
     def _values(self, flat: list[Any], types: set[type], datatype: str, input_name: str) -> np.ndarray:
         if datatype == "BYTES":
             return bytes_array(_utf8(flat, types, input_name))
         return _to_numeric(flat, types, datatype, input_name)
+
+    def decode_pieces(self, pieces: Iterable[list[Any]], count: int, datatype: str, input_name: str) -> np.ndarray:
+        """Flat JSON values of a numeric ``datatype`` that arrive in pieces (``count`` in all) -> one array of
+        its storage dtype, each piece checked and converted as it comes, so only one piece is ever held as
+        Python objects."""
+        array: np.ndarray | None = None
+        filled = 0
+        for piece in pieces:
+            if list in (types := _types(piece)):
+                raise InvalidRequest(f"input '{input_name}': nested data must be a rectangular array")
+            part = self._values(piece, types, datatype, input_name)
+            if array is None:
+                array = np.empty(count, dtype=part.dtype)
+            array[filled : filled + len(part)] = part
+            filled += len(part)
+        if array is None:
+            array = self._values([], set(), datatype, input_name)
+        if filled != count:
+            raise InvalidRequest(f"input '{input_name}': data has {filled} elements, not the {count} its text holds")
+        return array
 
     def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
         if datatype == "BYTES":
@@ -256,22 +283,83 @@ class JsonCodec(Codec):
 
 
 def _flatten(data: Any, name: str) -> tuple[list[Any], set[type], tuple[int, ...]]:
-    """Row-major flat elements of flat or nested ``data``, the set of their Python types, and the nesting."""
+    """Row-major flat elements of flat or nested ``data``, the set of their Python types, and the nesting.
+
+    Large data is handled in pieces of :data:`CHUNK_ELEMENTS` values (one C call each), so a worker thread
+    doing this hands the GIL back to the event loop between them.
+    """
     if not isinstance(data, list):
         raise InvalidRequest(f"input '{name}': data must be a JSON array")
-    types = set(map(type, data))
+    types = _types(data)
     if list not in types:
         return data, types, (len(data),)
-    ragged = InvalidRequest(f"input '{name}': nested data must be a rectangular array")
-    try:
-        nested = np.asarray(data, dtype=object)
-    except ValueError:  # numpy refuses some ragged nestings outright and keeps others as list elements
-        raise ragged from None
-    flat: list[Any] = nested.reshape(-1).tolist()
-    types = set(map(type, flat))
+    flat: list[Any] = []
+    shape = _flatten_nested(data, flat, name)
+    types = _types(flat)
     if list in types:
-        raise ragged
-    return flat, types, nested.shape
+        raise _ragged(name)
+    return flat, types, shape
+
+
+def _types(values: list[Any]) -> set[type]:
+    """The Python types of ``values``' elements."""
+    if len(values) <= CHUNK_ELEMENTS:
+        return set(map(type, values))
+    types: set[type] = set()
+    for start in range(0, len(values), CHUNK_ELEMENTS):
+        types.update(map(type, values[start : start + CHUNK_ELEMENTS]))
+    return types
+
+
+def _ragged(name: str) -> InvalidRequest:
+    return InvalidRequest(f"input '{name}': nested data must be a rectangular array")
+
+
+def _flatten_nested(data: list[Any], flat: list[Any], name: str) -> tuple[int, ...]:
+    """Append the elements of nested ``data`` to ``flat`` in row-major order and return its shape: numpy
+    takes as many rows at a time as make about :data:`CHUNK_ELEMENTS` values, and a row larger than that is
+    flattened the same way, on its own."""
+    if not data:
+        return (0,)
+    row_size = _size(data[0])
+    if row_size > CHUNK_ELEMENTS and isinstance(data[0], list):
+        shapes = set()
+        for row in data:
+            if not isinstance(row, list):
+                raise _ragged(name)
+            if row and isinstance(row[0], list):
+                shapes.add(_flatten_nested(row, flat, name))
+            else:
+                flat.extend(row)
+                shapes.add((len(row),))
+            if len(shapes) > 1:
+                raise _ragged(name)
+        return (len(data), *shapes.pop())
+    step = max(1, CHUNK_ELEMENTS // max(1, row_size))
+    inner: tuple[int, ...] | None = None
+    for start in range(0, len(data), step):
+        try:
+            nested = np.asarray(data[start : start + step], dtype=object)
+        except ValueError:  # numpy refuses some ragged nestings outright and keeps others as list elements
+            raise _ragged(name) from None
+        if inner is None:
+            inner = nested.shape[1:]
+        elif nested.shape[1:] != inner:
+            raise _ragged(name)
+        flat.extend(nested.reshape(-1).tolist())
+    assert inner is not None
+    return (len(data), *inner)
+
+
+def _size(value: Any) -> int:
+    """How many elements nested lists hold, judged along their first elements."""
+    size = 1
+    while isinstance(value, list):
+        size *= len(value)
+        if not value:
+            break
+        value = value[0]
+    return size
 
 
 _JSON_KINDS: dict[str, tuple[set[type], str]] = {  # a numeric datatype's kind -> the JSON types it takes
@@ -330,7 +418,16 @@ def _to_numeric(flat: list[Any], types: set[type], datatype: str, name: str) -> 
     row = DATATYPES[datatype]
     allowed, what = _JSON_KINDS[row.kind]
     _require(flat, types, allowed, name, f"{what} for {datatype}")
-    return storage_array(name, row, flat)
+    if len(flat) <= CHUNK_ELEMENTS:
+        return storage_array(name, row, flat)
+    array: np.ndarray | None = None
+    for start in range(0, len(flat), CHUNK_ELEMENTS):  # one bounded numpy call at a time (see _flatten)
+        part = storage_array(name, row, flat[start : start + CHUNK_ELEMENTS])
+        if array is None:
+            array = np.empty(len(flat), dtype=part.dtype)
+        array[start : start + len(part)] = part
+    assert array is not None
+    return array
 
 
 def _is_base64(item: str) -> bool:

@@ -13,10 +13,12 @@ import tornado.web
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest, Unsupported
+from v2server.offload import run_sized
 from v2server.rest_api.base import V2Handler
-from v2server.rest_api.compression import compress, decode_body, negotiate_encoding
+from v2server.rest_api.compression import MAX_INFLATE_RATIO, decode_body, encode_answer
 from v2server.rest_api.json_codec import (
     HEADER_LENGTH,
+    OutputOptions,
     message_to_json,
     parse_infer_request,
     parse_raw_binary_request,
@@ -138,28 +140,35 @@ class RepositoryModelHandler(V2Handler):
 
 
 class InferHandler(V2Handler):
-    """``POST .../infer``: JSON, Triton's binary extension, compression; the body size is capped up front."""
+    """``POST .../infer``: JSON, Triton's binary extension, compression; the body size is capped up front.
+
+    Reading the body (inflating, parsing, converting) and writing the answer (rendering, compressing) take
+    time proportional to their size, so above ``offload.INLINE_BYTES`` of such work each runs in a worker
+    thread while the loop serves other clients; a compressed body counts as the most it could inflate to.
+    """
 
     async def post(self, name: str, version: str | None) -> None:
-        body = decode_body(self.body, self.request.headers.get("Content-Encoding"), self.max_body_size)
+        encoding = self.request.headers.get("Content-Encoding")
         header_length = self._header_length()
-        if header_length == 0:
-            request, options = parse_raw_binary_request(name, version or "", body)
-        else:
-            request, options = parse_infer_request(name, version or "", body, header_length)
+        compressed = (encoding or "").strip().lower() not in ("", "identity")
+        work = self.body_size * (MAX_INFLATE_RATIO if compressed else 1)
+        request, options = await run_sized(
+            work, _read_request, name, version or "", self.body_parts, encoding, header_length, self.max_body_size
+        )
         response = await self.run_core(self.model_infer(request))
         if response is None:
             return  # the client went away; its work was dropped and there is no one to answer
-        payload, json_length = render_infer_response(response, options)
+        size = sum(map(len, response.raw_output_contents))
+        payload, json_length, answer_encoding = await run_sized(
+            size, _write_answer, response, options, self.request.headers.get("Accept-Encoding")
+        )
         if json_length is not None:
             self.set_header(HEADER_LENGTH, str(json_length))
             self.set_header("Content-Type", "application/octet-stream")
         else:
             self.set_header("Content-Type", "application/json")
-        encoding = negotiate_encoding(self.request.headers.get("Accept-Encoding"))
-        if encoding is not None:
-            payload = compress(payload, encoding)
-            self.set_header("Content-Encoding", encoding)
+        if answer_encoding is not None:
+            self.set_header("Content-Encoding", answer_encoding)
         self.finish(payload)
 
     def _header_length(self) -> int | None:
@@ -170,3 +179,22 @@ class InferHandler(V2Handler):
             return int(value)
         except ValueError:
             raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got '{value}'") from None
+
+
+def _read_request(
+    name: str, version: str, parts: list[bytes], encoding: str | None, header_length: int | None, limit: int
+) -> tuple[pb.ModelInferRequest, OutputOptions]:
+    """The body (its pieces joined, inflated under ``limit``) as the core's request."""
+    body = decode_body(b"".join(parts), encoding, limit)
+    if header_length == 0:
+        return parse_raw_binary_request(name, version, body)
+    return parse_infer_request(name, version, body, header_length)
+
+
+def _write_answer(
+    response: pb.ModelInferResponse, options: OutputOptions, accept_encoding: str | None
+) -> tuple[bytes, int | None, str | None]:
+    """The answer's body, its JSON length (None: all JSON) and its ``Content-Encoding`` (None: as is)."""
+    payload, json_length = render_infer_response(response, options)
+    payload, encoding = encode_answer(payload, accept_encoding)
+    return payload, json_length, encoding

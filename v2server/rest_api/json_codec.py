@@ -28,7 +28,8 @@ import orjson
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest, V2Error
-from v2server.rest_api.content_types import Codec, check_columns, get_codec
+from v2server.rest_api import chunked_json
+from v2server.rest_api.content_types import Codec, NumpyCodec, check_columns, get_codec
 from v2server.rest_api.messages import (
     json_object,
     json_to_parameters,
@@ -106,9 +107,18 @@ def parse_infer_request(
         )
     view = memoryview(body)
     try:
-        document = orjson.loads(view[:json_end])
+        document = chunked_json.loads(body, json_end, defer=True)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    try:
+        return _infer_request(model_name, model_version, document, view, json_end)
+    finally:
+        chunked_json.discard(document)  # a large document is freed here, in steps (see discard)
+
+
+def _infer_request(
+    model_name: str, model_version: str, document: Any, view: memoryview, json_end: int
+) -> tuple[pb.ModelInferRequest, OutputOptions]:
     if not isinstance(document, dict):
         raise InvalidRequest("request JSON must be an object")
 
@@ -132,9 +142,9 @@ def parse_infer_request(
     offset = json_end
     for index, item in enumerate(inputs):
         offset = _parse_input(item, index, request, view, offset, default_codec)
-    if offset != len(body):
+    if offset != len(view):
         raise InvalidRequest(
-            f"the body has {len(body) - offset} bytes after the binary inputs that no input's "
+            f"the body has {len(view) - offset} bytes after the binary inputs that no input's "
             "binary_data_size claims"
         )
     if content_type == "pd":
@@ -198,14 +208,34 @@ def _parse_input(
         return offset
     if "data" not in item:
         raise InvalidRequest(f"{where}: needs 'data' or parameters.binary_data_size")
-    values = codec.decode(item["data"], type_name, name)
-    count = len(values)
+    data = item["data"]
     needed = math.prod(shape)
+    flat = isinstance(data, chunked_json.FlatArray) or (isinstance(data, list) and data and not isinstance(data[0], list))
+    if flat and len(data) != needed:
+        # flat data: its length is its element count, so a mismatch is refused before any value is converted
+        # (a large flat array of numbers is not even parsed: its commas are counted)
+        raise InvalidRequest(f"{where}: data has {len(data)} elements but shape {shape} needs {needed}")
+    if isinstance(data, chunked_json.FlatArray):
+        values = _flat_values(data, codec, type_name, name)
+    else:
+        values = codec.decode(data, type_name, name)
+    count = len(values)
     if count != needed:
         raise InvalidRequest(f"{where}: data has {count} elements but shape {shape} needs {needed}")
     array = values if isinstance(values, np.ndarray) else bytes_array(values)
     request.raw_input_contents.append(to_raw(Tensor(name, DATATYPES[type_name], array)))
     return offset
+
+
+def _flat_values(data: chunked_json.FlatArray, codec: Codec, type_name: str, name: str) -> list[bytes] | np.ndarray:
+    """A large flat array's values, parsed and converted a piece at a time (numbers straight into the tensor),
+    or, for a codec that wants the JSON values, as the list ``orjson`` would give."""
+    try:
+        if isinstance(codec, NumpyCodec) and type_name != "BYTES":
+            return codec.decode_pieces(data.pieces(), len(data), type_name, name)
+        return codec.decode(data.tolist(), type_name, name)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def _input_codec(content_type: str | None, type_name: str, where: str, default: Codec | None) -> Codec:
@@ -319,7 +349,7 @@ def render_infer_response(
     if response.parameters:
         document["parameters"] = parameters_to_json(response.parameters)
     document["outputs"] = outputs
-    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = chunked_json.dumps(document, orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

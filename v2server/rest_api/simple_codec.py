@@ -28,7 +28,8 @@ import orjson
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import DataType, from_config_type
-from v2server.errors import InvalidRequest
+from v2server.errors import InvalidRequest, PayloadTooLarge
+from v2server.rest_api import chunked_json
 from v2server.rest_api.content_types import SimpleCodec
 from v2server.tensors import Tensor, bfloat16_to_float32, output_array, to_raw
 
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 _CODEC = SimpleCodec()
+
+#: one input's values for every row of a request: one array, the rows first, or one array per row
+_Column = np.ndarray | list[np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +141,7 @@ def parse_alias_version(body: bytes) -> int:
 
 def _json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return chunked_json.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
@@ -163,28 +167,56 @@ def is_batch(model: SimpleModel, data: Any) -> bool:
     )
 
 
-def v1_plan(model: SimpleModel, version: str, body: bytes, batch: bool | None = None) -> Plan:
-    """The core requests for a ``/v1`` body ``{"data": ...}``; ``batch`` forces a reading when not None."""
+def v1_plan(
+    model: SimpleModel, version: str, body: bytes, batch: bool | None = None, max_rows: int = 0
+) -> Plan:
+    """The core requests for a ``/v1`` body ``{"data": ...}``; ``batch`` forces a reading when not None.
+
+    A batch of more than ``max_rows`` rows (0: no limit) is refused before any row is read: its length and
+    its first row say what it is.
+    """
     document = _json(body)
+    try:
+        return _v1_plan(model, version, document, batch, max_rows)
+    finally:
+        chunked_json.discard(document)  # a large document is freed here, in steps (see discard)
+
+
+def _v1_plan(model: SimpleModel, version: str, document: Any, batch: bool | None, max_rows: int) -> Plan:
     if not isinstance(document, dict) or "data" not in document:
         raise InvalidRequest("the body must be a JSON object with a 'data' member")
     data = document["data"]
+    if (
+        max_rows
+        and isinstance(data, list)
+        and len(data) > max_rows
+        and (batch or (batch is None and is_batch(model, data[:1])))
+    ):
+        raise _too_many_rows(len(data), max_rows)
     if batch is None:
         batch = is_batch(model, data)
     if not batch:
-        return _plan(model, version, [_single_row(model, data)], None, batch=False)
-    ids, rows = _batch_rows(model, data)
-    return _plan(model, version, rows, ids, batch=True)
+        row = _single_row(model, data)
+        return _plan(model, version, [[array] for array in row], 1, None, batch=False)
+    ids, columns = _batch_columns(model, data)
+    return _plan(model, version, columns, len(ids), ids, batch=True)
 
 
 def v1_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> dict[str, Any]:
     """``{"data": result}`` or, for a batch, ``{"data": [[ID, result], ...]}`` sorted by ID."""
-    results = [_result(plan.model, row) for row in _rows(plan, responses)]
+    results = _results(plan, responses)
     if not plan.batch:
         return {"data": results[0]}
     assert plan.ids is not None
     pairs = sorted(zip(plan.ids, results, strict=True), key=lambda pair: _id_key(pair[0]))
     return {"data": [[identifier, result] for identifier, result in pairs]}
+
+
+def _too_many_rows(rows: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a batch of {rows} rows exceeds the limit of {limit} rows per request (--max-batch-rows); "
+        "send it as several requests"
+    )
 
 
 def _single_row(model: SimpleModel, data: Any) -> list[np.ndarray]:
@@ -202,13 +234,14 @@ def _single_row(model: SimpleModel, data: Any) -> list[np.ndarray]:
     return [_argument(value, spec) for value, spec in zip(values, model.inputs, strict=True)]
 
 
-def _batch_rows(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[list[np.ndarray]]]:
+def _batch_columns(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[_Column]]:
+    """The IDs of a batch and, per input, its rows' values: one array for all rows where they convert as one
+    (numpy does the loop), else one array per row."""
     form = "[ID, " + ", ".join(spec.name for spec in model.inputs) + "]"
     if not isinstance(data, list) or not data:
         raise InvalidRequest(f"a batch must be a non-empty list of rows {form}")
     ids: list[Any] = []
     seen: set[tuple[int, Any]] = set()
-    rows: list[list[np.ndarray]] = []
     for index, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(model.inputs) + 1:
             raise InvalidRequest(f"batch row {index} must be a list {form}")
@@ -220,17 +253,46 @@ def _batch_rows(model: SimpleModel, data: Any) -> tuple[tuple[Any, ...], list[li
             raise InvalidRequest(f"batch ID {_text(identifier)} is used more than once")
         seen.add(key)
         ids.append(identifier)
+    columns = [_column(data, position, spec) for position, spec in enumerate(model.inputs, start=1)]
+    return tuple(ids), columns
+
+
+def _column(data: list[list[Any]], position: int, spec: _Spec) -> _Column:
+    """Every row's value of one input: one array shaped ``(rows, *dims)`` when the values convert as one
+    rectangular array of the right depth; else one array per row, which also finds the row at fault."""
+    values = [row[position] for row in data]
+    if spec.dims:  # a scalar input's values may be JSON scalars: one array of shape (rows,), then (rows, 1)
         try:
-            rows.append([_argument(value, spec) for value, spec in zip(row[1:], model.inputs, strict=True)])
+            array = _array(values, spec)
+        except InvalidRequest:
+            array = None
+        if array is not None:
+            if spec.scalar and array.ndim == 1:
+                array = array.reshape(-1, 1)
+            if array.ndim == len(spec.dims) + 1:
+                return array
+    arrays: list[np.ndarray] = []
+    for row, value in zip(data, values, strict=True):
+        try:
+            arrays.append(_argument(value, spec))
         except InvalidRequest as exc:
-            raise InvalidRequest(f"row {_text(identifier)}, {exc.message}") from None
-    return tuple(ids), rows
+            raise InvalidRequest(f"row {_text(row[0])}, {exc.message}") from None
+    return arrays
 
 
-def _result(model: SimpleModel, outputs: dict[str, np.ndarray]) -> Any:
-    """One row's result: the value of a single output, else an object by output name."""
-    values = {spec.name: _value(outputs[spec.name], spec) for spec in model.outputs if spec.name in outputs}
-    return next(iter(values.values())) if len(values) == 1 else values
+def _results(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> list[Any]:
+    """Each row's result, in row order: the value of a single output, else an object by output name."""
+    names = [spec.name for spec in plan.model.outputs]
+    columns = _output_columns(plan, responses)
+    results: list[Any] = []
+    for count, outputs in zip(plan.rows_per_request, columns, strict=True):
+        present = [name for name in names if name in outputs]
+        rows = max(count, 1)
+        if len(present) == 1:
+            results.extend(outputs[present[0]])
+        else:
+            results.extend({name: outputs[name][j] for name in present} for j in range(rows))
+    return results
 
 
 def _is_id(value: Any) -> bool:
@@ -263,9 +325,17 @@ def _is_leaf(value: Any, spec: _Spec) -> bool:
 # --- /predict ----------------------------------------------------------------------------------------------
 
 
-def predict_plan(model: SimpleModel, version: str, body: bytes) -> Plan:
-    """The core requests for a ``/predict`` body mapping input names to values."""
+def predict_plan(model: SimpleModel, version: str, body: bytes, max_rows: int = 0) -> Plan:
+    """The core requests for a ``/predict`` body mapping input names to values; a batch of more than
+    ``max_rows`` rows (0: no limit) is refused before any value is converted."""
     document = _json(body)
+    try:
+        return _predict_plan(model, version, document, max_rows)
+    finally:
+        chunked_json.discard(document)
+
+
+def _predict_plan(model: SimpleModel, version: str, document: Any, max_rows: int) -> Plan:
     if not isinstance(document, dict):
         raise InvalidRequest("the body must be a JSON object mapping input names to values")
     for spec in model.inputs:
@@ -274,6 +344,11 @@ def predict_plan(model: SimpleModel, version: str, body: bytes) -> Plan:
     unknown = [name for name in document if name not in {spec.name for spec in model.inputs}]
     if unknown:
         raise InvalidRequest(f"Unknown input: '{unknown[0]}' (model '{model.name}' takes {[s.name for s in model.inputs]})")
+    if max_rows:
+        for spec in model.inputs:
+            value = document[spec.name]
+            if isinstance(value, list) and len(value) > max_rows and _depth(value) == len(spec.dims) + 1:
+                raise _too_many_rows(len(value), max_rows)
     arrays: list[np.ndarray] = []
     batched: list[bool] = []
     for spec in model.inputs:
@@ -298,21 +373,30 @@ def predict_plan(model: SimpleModel, version: str, body: bytes) -> Plan:
         counts = {len(array) for array in arrays}
         if len(counts) != 1:
             raise InvalidRequest(f"the batched inputs have different numbers of rows: {sorted(counts)}")
-        rows = [list(row) for row in zip(*arrays, strict=True)]
-    else:
-        rows = [arrays]
-    return _plan(model, version, rows, None, batch=batch)
+        return _plan(model, version, list(arrays), counts.pop(), None, batch=True)
+    return _plan(model, version, [[array] for array in arrays], 1, None, batch=False)
 
 
 def predict_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> dict[str, Any]:
     """Output names to values; for a batch, each value is the list of the rows' values."""
-    rows = _rows(plan, responses)
+    columns = _output_columns(plan, responses)
     answer: dict[str, Any] = {}
     for spec in plan.model.outputs:
-        values = [_value(row[spec.name], spec) for row in rows if spec.name in row]
+        values = [value for outputs in columns if spec.name in outputs for value in outputs[spec.name]]
         if values:
             answer[spec.name] = values if plan.batch else values[0]
     return answer
+
+
+def _depth(value: Any) -> int:
+    """How deep lists nest, judged along their first elements."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
 
 
 # --- shared: arrays, requests, responses -------------------------------------------------------------------
@@ -348,31 +432,37 @@ def _array(value: Any, spec: _Spec) -> np.ndarray:
 
 
 def _plan(
-    model: SimpleModel, version: str, rows: list[list[np.ndarray]], ids: tuple[Any, ...] | None, batch: bool
+    model: SimpleModel, version: str, columns: list[_Column], rows: int, ids: tuple[Any, ...] | None, batch: bool
 ) -> Plan:
+    """One request per ``max_batch_size`` rows, stacked on the batch dimension, when the model batches; one
+    request per row when it does not. ``columns`` holds each input's rows (see :func:`_column`)."""
     requests: list[pb.ModelInferRequest] = []
     counts: list[int] = []
     size = model.max_batch_size
     if size > 0:
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            requests.append(_request(model, version, [_stack(chunk, i, spec) for i, spec in enumerate(model.inputs)]))
-            counts.append(len(chunk))
+        for start in range(0, rows, size):
+            arrays = [_rows_of(column, start, size, spec) for column, spec in zip(columns, model.inputs, strict=True)]
+            requests.append(_request(model, version, arrays))
+            counts.append(min(size, rows - start))
     else:
-        for row in rows:
-            requests.append(_request(model, version, row))
+        for row in range(rows):
+            requests.append(_request(model, version, [column[row] for column in columns]))
             counts.append(0)
     return Plan(model, tuple(requests), tuple(counts), ids, batch)
 
 
-def _stack(rows: list[list[np.ndarray]], index: int, spec: _Spec) -> np.ndarray:
-    shapes = {row[index].shape for row in rows}
+def _rows_of(column: _Column, start: int, size: int, spec: _Spec) -> np.ndarray:
+    """Rows ``start`` to ``start + size`` of an input as one array with the batch dimension first."""
+    if isinstance(column, np.ndarray):
+        return column[start : start + size]
+    rows = column[start : start + size]
+    shapes = {row.shape for row in rows}
     if len(shapes) > 1:
         raise InvalidRequest(
             f"argument '{spec.name}': the rows have different shapes {sorted(list(s) for s in shapes)}, which one "
             "batch cannot hold; send them as separate requests"
         )
-    return np.stack([row[index] for row in rows])
+    return np.stack(rows)
 
 
 def _request(model: SimpleModel, version: str, arrays: Sequence[np.ndarray]) -> pb.ModelInferRequest:
@@ -383,19 +473,30 @@ def _request(model: SimpleModel, version: str, arrays: Sequence[np.ndarray]) -> 
     return request
 
 
-def _rows(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> list[dict[str, np.ndarray]]:
-    """Each row's outputs (without the batch dimension), in row order."""
-    rows: list[dict[str, np.ndarray]] = []
+def _output_columns(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> list[dict[str, list[Any]]]:
+    """Per response, each output's values as JSON, one per row (an unbatched response: one row)."""
+    specs = {spec.name: spec for spec in plan.model.outputs}
+    columns: list[dict[str, list[Any]]] = []
     for count, response in zip(plan.rows_per_request, responses, strict=True):
-        outputs = {
-            output.name: _output(output, raw)
-            for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-        }
-        if count == 0:
-            rows.append(outputs)
-        else:
-            rows.extend({name: array[j] for name, array in outputs.items()} for j in range(count))
-    return rows
+        outputs: dict[str, list[Any]] = {}
+        for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+            spec = specs.get(output.name)
+            if spec is None:
+                continue
+            array = _output(output, raw)
+            outputs[output.name] = [_value(array, spec)] if count == 0 else _row_values(array, count, spec)
+        columns.append(outputs)
+    return columns
+
+
+def _row_values(array: np.ndarray, count: int, spec: _Spec) -> list[Any]:
+    """The values of the first ``count`` rows of a batched output, as :func:`_value` gives each, in one pass."""
+    rows = array[:count]
+    if rows.dtype == object:
+        return [_value(row, spec) for row in rows]
+    if spec.scalar and math.prod(rows.shape[1:]) == 1:
+        return rows.reshape(-1).tolist()  # type: ignore[no-any-return]
+    return rows.tolist()  # type: ignore[no-any-return]
 
 
 def _output(output: pb.ModelInferResponse.InferOutputTensor, raw: bytes) -> np.ndarray:

@@ -12,21 +12,41 @@ non-blocking copy into pinned memory, and the stream is synchronised once per re
 memory fails only the request that did, and frees the allocator's cache for the next one.
 
 Each instance runs requests on its own worker thread, so the event loop never waits on a model, except a CPU
-model whose executions take less CPU time than handing them to a thread costs (``INLINE_BELOW_NS``): those run
-on the event loop itself, which the benchmark shows is cheaper for everyone. The decision follows a moving
-average, so a model that becomes slow goes back to its thread.
+model whose executions cost less than handing them to a thread (``INLINE_BELOW_NS``): those run on the event
+loop itself, which the benchmark shows is cheaper for everyone. The loop has a budget, so the rule looks at the
+worst case, not an average: a request runs inline only when every one of the instance's last ``_WINDOW``
+executions stayed under the budget, its input is no larger than ``INLINE_MAX_INPUT_BYTES`` nor than the largest
+input in that window (a usually fast model can be slow on a large input), nothing of the instance runs on its
+thread, and the event loop's thread has run the model once already (see below). An inline execution over the
+budget sends the instance back to its thread for ``_HOLD_FIRST`` executions, twice as many each time it
+happens again. An execution's cost is its wall time when inline (what the loop lost) and the worker's CPU
+time on the thread (which leaves out waiting for the GIL the loop holds).
+
+"Warm" is per thread: TorchScript's optimised plan is per method and shared by every thread once made (the
+first executions, which profile and compile, take milliseconds on whichever thread runs them), but OpenMP
+gives each thread that starts a parallel region its own team of worker threads, created on its first one, and
+the allocator keeps per-thread caches. Measured on ``mlp`` (batch 16) after 30 executions on the instance's
+thread: the first on another thread took 4 ms where a warm one takes 0.1-0.2 ms. So before an instance runs a
+request inline, it runs one on the loop with nothing waiting for it: the ``model_warmup`` requests at load
+(``warm_inline``), or else, once it first qualifies, a replay of the request that made it qualify.
+
+``pending`` counts an execution until its work has finished: a caller that stops waiting (a cancelled
+request) leaves it counted while the thread still runs it, so the least-busy choice and the inline rule
+never put a request beside one still running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +85,18 @@ _INDEXED_NAME = re.compile(r".*__(\d+)$")
 
 #: A CPU model whose executions take less than this runs on the event loop itself: handing a request to the
 #: instance's thread and back (two thread switches, a GIL hand-off, future plumbing) costs about 150 us of CPU,
-#: many times what a small model costs. Measured with ``make bench``; see docs/benchmark.md.
+#: many times what a small model costs. Measured with ``make bench``; see docs/benchmark.md. It is also the
+#: most one inline execution may cost the loop: the worst of the recent window must stay below it.
 INLINE_BELOW_NS = 200_000
-_JUDGED_AFTER = 8  # executions on the thread before an instance may run inline
+#: Inputs larger than this always go to the thread: one pass over 1 MiB at memory speed (5-20 GB/s) takes
+#: 50-200 us, up to all of ``INLINE_BELOW_NS``, so a model that reads a larger input, or this one more than
+#: once, cannot stay in budget (1 MiB keeps the benchmark's zero-copy 1 MiB identity inline).
+INLINE_MAX_INPUT_BYTES = 1 << 20
+_BYTES_ELEMENTS = 1024  # a BYTES input with more elements than this counts as over the size bound
+_WINDOW = 32  # recent executions whose worst cost decides
+_JUDGED_AFTER = 8  # executions before an instance may run inline
+_HOLD_FIRST = 64  # executions on the thread after an inline one over budget; doubled each time, up to:
+_HOLD_MAX = 4096
 
 
 class _Binding:
@@ -202,13 +231,30 @@ class TorchScriptInstance:
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._staging = PinnedStaging(device, self._stream) if self._stream is not None else None
         self.pending = 0
-        self._recent_ns = 0.0  # moving average of the CPU time of whole executions (not waits for the GIL)
-        self._executions = 0
+        self._costs: deque[int] = deque(maxlen=_WINDOW)  # ns per recent execution (see _record)
+        self._sizes: deque[int] = deque(maxlen=_WINDOW)  # their input bytes
+        self._worst_ns = 0
+        self._largest = 0
+        self._hold = 0  # executions still to run on the thread after an inline one over budget
+        self._backoff = _HOLD_FIRST
+        self._loop_warm = False  # the event loop's thread has run this model
+        self._warm_scheduled = False
+        self._closed = False
 
     @property
     def runs_inline(self) -> bool:
-        """True while this instance's executions are so short that the event loop runs them (CPU only)."""
-        return self._stream is None and self._executions >= _JUDGED_AFTER and self._recent_ns < INLINE_BELOW_NS
+        """True while a small request would run on the event loop (a CPU instance, idle, judged short, warm)."""
+        return self.pending == 0 and self._loop_warm and self._qualifies(0)
+
+    def _qualifies(self, nbytes: int) -> bool:
+        """The recent window says an execution on ``nbytes`` of input fits the loop's budget."""
+        return (
+            self._stream is None
+            and self._hold == 0
+            and len(self._costs) >= _JUDGED_AFTER
+            and self._worst_ns < INLINE_BELOW_NS
+            and nbytes <= min(INLINE_MAX_INPUT_BYTES, self._largest)
+        )
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> list[Tensor]:
         """Run one request on this instance's thread (inline when it is short); the event loop never blocks."""
@@ -218,30 +264,121 @@ class TorchScriptInstance:
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
         """``execute``, also returning how long input preparation, the model and output copies took."""
-        inline = self.pending == 0 and self.runs_inline  # never beside a request running on the thread
+        if self.pending == 0 and self._loop_warm and self._qualifies(0):  # never beside work on the thread
+            nbytes = _input_bytes(inputs)
+            if self._qualifies(nbytes):
+                return self._run_inline(inputs, outputs, batch_size, nbytes)
+        loop = asyncio.get_running_loop()
+        work = self._executor.submit(self._run_measured, inputs, outputs, batch_size)
         self.pending += 1
         try:
-            if inline:
-                result = self._run(inputs, outputs, batch_size)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, self._run, inputs, outputs, batch_size)
-        finally:
-            self.pending -= 1
-        return result
+            await asyncio.wrap_future(work, loop=loop)
+        except asyncio.CancelledError:
+            if work.done():
+                self._finished(work)
+            else:  # the thread still runs it: the instance stays busy until it returns
+                work.add_done_callback(functools.partial(_call_on_loop, loop, self._finished))
+            raise
+        outcome, nbytes = self._finished(work)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if not self._loop_warm and not self._warm_scheduled and self._qualifies(nbytes):
+            self._warm_scheduled = True  # replay this request on the loop once, with nobody waiting for it
+            loop.call_soon(self._warm_loop, inputs, outputs, batch_size)
+        return outcome
+
+    def warm_inline(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> bool:
+        """Run one warm-up request on the calling thread (the event loop) if this instance may run inline.
+
+        Called by ``run_warmup`` after the instance's thread ran the warm-up requests; it runs when this is a
+        CPU instance, nothing runs on its thread, and one of its executions there was short (the first ones
+        profile and compile). Its time is not judged: it pays the thread's one-time costs so that requests
+        don't. Returns whether it ran; a failure raises as ``execute`` would.
+        """
+        if self._stream is not None or self.pending or not self._costs or min(self._costs) >= INLINE_BELOW_NS:
+            return False
+        if _input_bytes(inputs) > INLINE_MAX_INPUT_BYTES:
+            return False
+        self._run(inputs, outputs, batch_size)
+        self._loop_warm = True
+        return True
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True)
+
+    def _run_inline(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int, nbytes: int
+    ) -> tuple[list[Tensor], StageTimes]:
+        start = time.perf_counter_ns()
+        try:
+            return self._run(inputs, outputs, batch_size)
+        finally:
+            self._record(time.perf_counter_ns() - start, nbytes, inline=True)
+
+    def _run_measured(
+        self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
+    ) -> tuple[tuple[list[Tensor], StageTimes] | Exception, int, int]:
+        """On the worker thread: the result (or the error, to raise on the loop), its CPU time, input bytes."""
+        start = time.thread_time_ns()
+        try:
+            outcome: tuple[list[Tensor], StageTimes] | Exception = self._run(inputs, outputs, batch_size)
+        except Exception as exc:
+            outcome = exc
+        return outcome, time.thread_time_ns() - start, _input_bytes(inputs)
+
+    def _finished(
+        self, work: Future[tuple[tuple[list[Tensor], StageTimes] | Exception, int, int]]
+    ) -> tuple[tuple[list[Tensor], StageTimes] | BaseException, int]:
+        """On the loop, once the thread's work is done (or cancelled before it started): count and judge it."""
+        self.pending -= 1
+        if work.cancelled():
+            return asyncio.CancelledError(), 0
+        error = work.exception()
+        if error is not None:  # not from the model (those come back as outcomes): nothing to judge
+            return error, 0
+        outcome, cost_ns, nbytes = work.result()
+        self._record(cost_ns, nbytes, inline=False)
+        return outcome, nbytes
+
+    def _record(self, cost_ns: int, nbytes: int, inline: bool) -> None:
+        """One execution's cost (ns) and input bytes into the window; an inline one over budget: back off."""
+        self._costs.append(cost_ns)
+        self._sizes.append(nbytes)
+        self._worst_ns = max(self._costs)
+        self._largest = max(self._sizes)
+        if inline and cost_ns >= INLINE_BELOW_NS:
+            self._hold = self._backoff
+            self._backoff = min(2 * self._backoff, _HOLD_MAX)
+            log.debug(
+                "model '%s': an inline execution took %d us; back to its thread for %d executions",
+                self._binding.signature.model_name, cost_ns // 1000, self._hold,
+            )
+        elif not inline and self._hold:
+            self._hold -= 1
+
+    def _warm_loop(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int) -> None:
+        """Scheduled on the loop: run a request that already ran on the thread once more, here, unjudged.
+
+        It may run beside the next request on the thread (a model's ``forward`` may run on two threads at
+        once; what it computes here is dropped): waiting for an idle moment could wait forever under load.
+        """
+        self._warm_scheduled = False
+        if self._loop_warm or self._closed:
+            return
+        try:
+            self._run(inputs, outputs, batch_size)
+        except Exception as exc:  # it succeeded on the thread; whatever this is, stay on the thread a while
+            log.debug("model '%s': warming the event loop failed: %s", self._binding.signature.model_name, exc)
+            self._hold = self._backoff
+            return
+        self._loop_warm = True
 
     def _run(
         self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int
     ) -> tuple[list[Tensor], StageTimes]:
-        cpu_start = time.thread_time_ns()
         try:
-            result = self._execute(inputs, outputs, batch_size)
-            self._executions += 1
-            self._recent_ns += 0.2 * (time.thread_time_ns() - cpu_start - self._recent_ns)
-            return result
+            return self._execute(inputs, outputs, batch_size)
         except Exception as exc:
             if self._stream is None or not is_cuda_oom(exc):
                 raise
@@ -295,6 +432,25 @@ class TorchScriptInstance:
 
 
 _NO_STREAM = contextlib.nullcontext()
+
+
+def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[Future[Any]], object], work: Future[Any]) -> None:
+    """A done callback of ``work`` (on whichever thread finished it): run ``callback(work)`` on ``loop``."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody counts any more
+        loop.call_soon_threadsafe(callback, work)
+
+
+def _input_bytes(inputs: Sequence[Tensor]) -> int:
+    """A request's input size: array bytes, plus the elements' bytes for BYTES (bounded work on the loop)."""
+    total = 0
+    for tensor in inputs:
+        array = tensor.array
+        total += array.nbytes
+        if array.dtype == object:
+            if array.size > _BYTES_ELEMENTS:
+                return INLINE_MAX_INPUT_BYTES + 1 + total
+            total += sum(len(value) for value in array.flat)
+    return total
 
 
 def _keep(value: torch.Tensor) -> torch.Tensor:
