@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -20,41 +18,10 @@ from v2server.auth import ApiKeys
 from v2server.errors import InferenceFailed, InvalidRequest
 from v2server.rest_api.app import make_app
 
-Fetch = Callable[..., Any]
-
 
 @pytest.fixture()
 def core() -> FakeCore:
     return FakeCore()
-
-
-@pytest.fixture()
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    """``await serve(app)`` starts it on a free loopback port; returns ``fetch(method, path, body, headers)``."""
-    servers: list[tornado.httpserver.HTTPServer] = []
-    client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
-
-    async def start(app: Any) -> Fetch:
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(sockets)
-        servers.append(server)
-        port = sockets[0].getsockname()[1]
-
-        async def fetch(method: str, path: str, body: bytes | None = None,
-                        headers: dict[str, str] | None = None) -> tornado.httpclient.HTTPResponse:
-            if body is None and method in ("POST", "PUT"):
-                body = b""
-            return await client.fetch(f"http://127.0.0.1:{port}{path}", method=method, body=body,
-                                      headers=headers, raise_error=False, allow_nonstandard_methods=True)
-
-        return fetch
-
-    yield start
-    client.close()
-    for server in servers:
-        server.stop()
-        await server.close_all_connections()
 
 
 def _json(response: tornado.httpclient.HTTPResponse) -> Any:

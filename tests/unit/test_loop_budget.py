@@ -12,17 +12,12 @@ import contextvars
 import gc
 import gzip
 import json
-import socket
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import pytest
-import tornado.httpclient
-import tornado.httpserver
-import tornado.netutil
 
 from tests.unit.fake_core import FakeCore
 from v2server._proto import grpc_service_pb2 as pb
@@ -31,37 +26,6 @@ from v2server.offload import INLINE_BYTES, run_sized
 from v2server.rest_api import handlers
 from v2server.rest_api.app import make_app
 from v2server.rest_api.simple_handlers import CONCURRENT_REQUESTS
-
-Fetch = Callable[..., Any]
-
-
-@pytest.fixture()
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    """``await serve(app)`` starts it on a free loopback port; returns ``fetch(method, path, body, headers)``
-    (answers as sent: not decompressed)."""
-    servers: list[tornado.httpserver.HTTPServer] = []
-    client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
-
-    async def start(app: Any) -> Fetch:
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets(sockets)
-        servers.append(server)
-        port = sockets[0].getsockname()[1]
-
-        async def fetch(method: str, path: str, body: bytes | None = None,
-                        headers: dict[str, str] | None = None) -> tornado.httpclient.HTTPResponse:
-            return await client.fetch(f"http://127.0.0.1:{port}{path}", method=method, body=body,
-                                      headers=headers, raise_error=False, decompress_response=False,
-                                      request_timeout=60)
-
-        return fetch
-
-    yield start
-    client.close()
-    for server in servers:
-        server.stop()
-        await server.close_all_connections()
 
 
 def _v2_body(values: np.ndarray, binary_output: bool = False) -> bytes:
