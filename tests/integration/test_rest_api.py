@@ -214,11 +214,16 @@ def test_malformed_json_is_400(server: RunningServer, body: bytes, message: str)
     assert http_call(server, "GET", "/v2/health/live")[0] == 200  # and the server carries on
 
 
-def test_health_bodies_are_empty_and_unknown_ready_is_400(server: RunningServer) -> None:
+def test_health_answers_triton_status_and_kserve_body(server: RunningServer) -> None:
+    """tritonclient reads the status code; KServe's SDK reads ``{"live": ...}`` / ``{"ready": ...}``."""
+    status, headers, body = http_call(server, "GET", "/v2/health/live")
+    assert status == 200 and headers["content-type"] == "application/json" and json.loads(body) == {"live": True}
     status, _, body = http_call(server, "GET", "/v2/health/ready")
-    assert status == 200 and body == b""
+    assert status == 200 and json.loads(body) == {"ready": True}
+    status, _, body = http_call(server, "GET", "/v2/models/simple/ready")
+    assert status == 200 and json.loads(body) == {"ready": True}
     status, _, body = http_call(server, "GET", "/v2/models/no_such_model/ready")
-    assert status == 400 and body == b""
+    assert status == 400 and json.loads(body) == {"ready": False}
 
 
 @pytest.mark.parametrize("path", ["/v2", "/v2/"])

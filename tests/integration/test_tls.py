@@ -193,7 +193,7 @@ def test_https_rest_infers_with_tritonclient(tls_server: RunningServer, pki: Pki
 
 def test_https_rest_and_metrics_with_the_standard_library(tls_server: RunningServer, pki: Pki) -> None:
     context = _https_context(pki.ca)
-    assert _https_get(tls_server.server.http_port, "/v2/health/ready", context) == (200, b"")
+    assert _https_get(tls_server.server.http_port, "/v2/health/ready", context) == (200, b'{"ready":true}')
     status, body = _https_get(tls_server.server.metrics_port, "/metrics", context)
     assert status == 200 and b"# TYPE" in body
 
@@ -215,7 +215,7 @@ def test_https_refuses_plain_http_and_untrusted_servers(tls_server: RunningServe
 def test_https_mutual_needs_a_client_certificate_from_the_ca(mutual_server: RunningServer, pki: Pki) -> None:
     port, metrics_port = mutual_server.server.http_port, mutual_server.server.metrics_port
     with_cert = _https_context(pki.ca, pki.client_cert, pki.client_key)
-    assert _https_get(port, "/v2/health/ready", with_cert) == (200, b"")
+    assert _https_get(port, "/v2/health/ready", with_cert) == (200, b'{"ready":true}')
     assert _https_get(metrics_port, "/metrics", with_cert)[0] == 200
     inputs, a, b = _simple_inputs(httpclient)
     client = httpclient.InferenceServerClient(mutual_server.http_url, ssl=True, ssl_options={

@@ -212,11 +212,11 @@ class V2Handler(tornado.web.RequestHandler):
             self._access.end(record, str(self.get_status()), int(self.request.request_time() * 1e9))
         return super().finish(chunk)
 
-    def write_status(self, ok: bool) -> None:
-        """Health-style answers: 200 or 400 with an empty body (Content-Type as Triton sends it)."""
+    def write_status(self, field: str, ok: bool) -> None:
+        """Health-style answers: Triton's status (200 or 400), which tritonclient reads, and KServe's body
+        (``{"live": true}``, ``{"ready": false}``), which KServe's SDK reads."""
         self.set_status(200 if ok else 400)
-        self.set_header("Content-Type", "application/json")
-        self.finish()
+        self.write_json({field: ok})
 
     def write_json(self, value: Any) -> None:
         """A small JSON answer (metadata, configuration), rendered here on the loop."""

@@ -49,7 +49,8 @@ class NotFoundHandler(V2Handler):
 
 
 class HealthHandler(V2Handler):
-    """``/v2/health/live`` and ``/ready``: 200 or 400 with an empty body, as Triton answers."""
+    """``/v2/health/live`` and ``/ready``: 200 or 400 as Triton answers, with ``{"live"|"ready": bool}`` as
+    KServe answers."""
 
     needs_key = False
 
@@ -58,7 +59,7 @@ class HealthHandler(V2Handler):
             ok = (await self.core.ServerLive(pb.ServerLiveRequest())).live
         else:
             ok = (await self.core.ServerReady(pb.ServerReadyRequest())).ready
-        self.write_status(ok)
+        self.write_status(which, ok)
 
 
 class ServerMetadataHandler(V2Handler):
@@ -73,7 +74,7 @@ class ModelReadyHandler(V2Handler):
 
     async def get(self, name: str, version: str | None) -> None:
         response = await self.core.ModelReady(pb.ModelReadyRequest(name=name, version=version or ""))
-        self.write_status(response.ready)
+        self.write_status("ready", response.ready)
 
 
 class ModelMetadataHandler(V2Handler):
