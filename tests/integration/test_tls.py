@@ -7,6 +7,7 @@ and ``127.0.0.1``) and a client certificate; a second, unrelated CA issues what 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ssl
 import subprocess
@@ -247,37 +248,38 @@ def tls_core(pki: Pki) -> Iterator[RunningServer]:
     running.stop()
 
 
-def test_gateway_to_a_tls_core_forwards_the_callers_key(tls_core: RunningServer, pki: Pki) -> None:
-    # The gateway has no --api-key of its own: every 401 here is the core's answer to the forwarded header.
-    args = ["gateway", "--grpc-target", tls_core.grpc_url, "--grpc-target-root-cert", str(pki.ca),
+@contextlib.contextmanager
+def _gateway(core: RunningServer, root_cert: Path) -> Iterator[httpclient.InferenceServerClient]:
+    """``v2server gateway`` in front of ``core``, trusting ``root_cert``, and a REST client to it."""
+    args = ["gateway", "--grpc-target", core.grpc_url, "--grpc-target-root-cert", str(root_cert),
             "--http-address", "127.0.0.1", "--http-port", "0"]
     with cli_process(args, until="REST gateway on") as (_, log):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{logged_port(log, 'REST gateway on')}")
         try:
-            assert client.is_server_live()  # health is open on the core too
-            inputs, a, b = _simple_inputs(httpclient)
-            _check_simple(client.infer("simple", inputs, headers={"Authorization": f"Bearer {KEY}"}), a, b)
-            with pytest.raises(InferenceServerException) as info:
-                client.infer("simple", inputs)
-            assert info.value.status() == "401" and "missing API key" in info.value.message()
-            with pytest.raises(InferenceServerException) as info:
-                client.infer("simple", inputs, headers={"Authorization": "Bearer wrong"})
-            assert info.value.status() == "401" and info.value.message() == "invalid API key"
+            yield client
         finally:
             client.close()
+
+
+def test_gateway_to_a_tls_core_forwards_the_callers_key(tls_core: RunningServer, pki: Pki) -> None:
+    # The gateway has no --api-key of its own: every 401 here is the core's answer to the forwarded header.
+    with _gateway(tls_core, pki.ca) as client:
+        assert client.is_server_live()  # health is open on the core too
+        inputs, a, b = _simple_inputs(httpclient)
+        _check_simple(client.infer("simple", inputs, headers={"Authorization": f"Bearer {KEY}"}), a, b)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("simple", inputs)
+        assert info.value.status() == "401" and "missing API key" in info.value.message()
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("simple", inputs, headers={"Authorization": "Bearer wrong"})
+        assert info.value.status() == "401" and info.value.message() == "invalid API key"
 
 
 def test_gateway_does_not_trust_a_core_signed_by_another_ca(tls_core: RunningServer, pki: Pki) -> None:
-    args = ["gateway", "--grpc-target", tls_core.grpc_url, "--grpc-target-root-cert", str(pki.other_ca),
-            "--http-address", "127.0.0.1", "--http-port", "0"]
-    with cli_process(args, until="REST gateway on") as (_, log):
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{logged_port(log, 'REST gateway on')}")
-        try:
-            with pytest.raises(InferenceServerException) as info:
-                client.get_server_metadata(headers={"Authorization": f"Bearer {KEY}"})
-            assert info.value.status() == "503"
-        finally:
-            client.close()
+    with _gateway(tls_core, pki.other_ca) as client:
+        with pytest.raises(InferenceServerException) as info:
+            client.get_server_metadata(headers={"Authorization": f"Bearer {KEY}"})
+        assert info.value.status() == "503"
 
 
 # -- start-up refusals -------------------------------------------------------------------------------------
