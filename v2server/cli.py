@@ -332,6 +332,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def triton_main() -> int:
-    """``tritonserver``: the same server behind Triton's command name, so KServe's stock runtime runs it."""
-    return main()
+def triton_main(argv: Sequence[str] | None = None) -> int:
+    """``tritonserver``: the same server behind Triton's command name, so KServe's stock runtime runs it.
+
+    It also answers ServerMetadata as ``triton`` unless ``--server-name`` says otherwise: Triton's own
+    example clients check that name (docs/protocol.md#interoperability).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    named = any(arg == "--server-name" or arg.startswith("--server-name=") for arg in args)
+    option = next(option for option in OPTIONS if option.dest == "server_name")
+    if not named and not any(name in os.environ for name in option.env_names):
+        args = ["--server-name", "triton", *args]
+    return main(args)

@@ -12,7 +12,9 @@ says how much per-element work follows, so that the caller can run a large one i
 
 from __future__ import annotations
 
+import itertools
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ __all__ = [
     "encode_steps",
     "is_raw_binary",
     "requested_outputs",
+    "response_id",
     "schedule_parameters",
 ]
 
@@ -155,8 +158,8 @@ def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> li
     for output in request.outputs:
         if output.name not in signature.outputs:
             raise InvalidRequest(
-                f"unknown output '{output.name}' for model '{signature.model_name}', "
-                f"expected one of {list(signature.outputs)}"
+                f"unexpected inference output '{output.name}' for model '{signature.model_name}' "
+                f"(it has {list(signature.outputs)})"
             )
         if output.name in names:
             raise InvalidRequest(f"output '{output.name}' is requested more than once")
@@ -172,6 +175,18 @@ def encode_steps(outputs: Sequence[Tensor]) -> int:
     return sum(t.array.size for t in outputs if t.datatype.name == "BYTES")
 
 
+# Response ids for requests that bring none: unique within this process (a counter) and across processes and
+# restarts (a random prefix), without the cost of a uuid4 per request.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
+def response_id(request: pb.ModelInferRequest) -> str:
+    """The request's ``id``, or a new one: KServe's data model (``InferenceResponse.id: str``) requires an id
+    on every response, so a response never goes out without one (README, "Response ids")."""
+    return request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
+
+
 def encode_response(
     request: pb.ModelInferRequest, model_name: str, version: int, outputs: Sequence[Tensor]
 ) -> pb.ModelInferResponse:
@@ -179,7 +194,7 @@ def encode_response(
     return pb.ModelInferResponse(
         model_name=model_name,
         model_version=str(version),
-        id=request.id,
+        id=response_id(request),
         outputs=[
             pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype.name, shape=t.shape)
             for t in outputs

@@ -52,21 +52,35 @@ class Registry:
     # -- lookups (hot path: plain dict reads) -------------------------------------------------------------
 
     def get(self, name: str, version: str = "") -> ModelHandle:
-        """The handle for ``name`` at ``version`` ("" or "-1": the highest ready version)."""
+        """The handle for ``name`` at ``version`` ("" or "-1": the highest ready version).
+
+        The messages are Triton's (``Request for unknown model: ...``), which Triton's own clients and example
+        programs match on; docs/protocol.md#error-texts lists them.
+        """
         entry = self._entries.get(name)
         versions = entry.handles if entry is not None else None
         if not versions:
             check_model_name(name)  # only on a miss: a served name was checked when it was loaded
             if entry is not None and entry.status:
-                raise ModelNotReady(f"model '{name}' is not ready: {entry.reason()}")
-            raise ModelNotFound(f"unknown model '{name}'")
+                raise ModelNotReady(
+                    f"Request for unknown model: '{name}' has no available versions ({entry.reason()})"
+                )
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
         if version in ("", "-1"):
             return versions[max(versions)]
         if not (version.isascii() and version.isdigit()):
             raise InvalidRequest(f"model '{name}': version '{version}' is not a number")
         handle = versions.get(int(version))
         if handle is None:
-            raise ModelNotFound(f"model '{name}' has no version {version} being served (serving {sorted(versions)})")
+            assert entry is not None
+            if any(status.version == int(version) for status in entry.status):
+                raise ModelNotReady(
+                    f"Request for unknown model: '{name}' version {version} is not at ready state "
+                    f"(serving {sorted(versions)})"
+                )
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' version {version} is not found (serving {sorted(versions)})"
+            )
         return handle
 
     def ready_versions(self, name: str) -> list[int]:
@@ -242,7 +256,7 @@ class Registry:
         entry = self._entries.get(name)
         known = entry is not None and (entry.status or entry.handles)
         if not known and name not in self._on_disk():
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"failed to unload '{name}': not found in the model repository")
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
             entry.wanted = False

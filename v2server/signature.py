@@ -70,11 +70,13 @@ class Signature:
             spec = self.inputs.get(name)
             if spec is None:
                 raise InvalidRequest(
-                    f"unknown input '{name}' for model '{self.model_name}', expected one of {list(self.inputs)}"
+                    f"unexpected inference input '{name}' for model '{self.model_name}' "
+                    f"(it takes {list(self.inputs)})"
                 )
             if datatype_name != spec.datatype.name:
                 raise InvalidRequest(
-                    f"input '{name}': expected datatype {spec.datatype.name}, got {datatype_name or '(none)'}"
+                    f"inference input '{name}' data-type is '{datatype_name}', "
+                    f"but model '{self.model_name}' expects '{spec.datatype.name}'"
                 )
             batch = self._check_shape(spec, shape)
             if batch_size is None:
@@ -85,7 +87,16 @@ class Signature:
                 )
         missing = [spec.name for spec in self.inputs.values() if spec.name not in seen and not spec.optional]
         if missing:
-            raise InvalidRequest(f"model '{self.model_name}' expects input(s) {missing}, which the request lacks")
+            required = sum(not spec.optional for spec in self.inputs.values())
+            expected = (
+                f"{len(self.inputs)} inputs" if required == len(self.inputs)
+                else f"number of inputs between {required} and {len(self.inputs)}"
+            )
+            raise InvalidRequest(
+                f"expected {expected} but got {len(seen)} inputs for model '{self.model_name}'. "
+                f"Got input(s) {sorted(seen)}, but missing required input(s) {missing}. "
+                "Please provide all required input(s)."
+            )
         return batch_size or 0
 
     def _check_shape(self, spec: TensorSpec, shape: tuple[int, ...]) -> int:
@@ -97,14 +108,19 @@ class Signature:
             batch, dims = shape[0], shape[1:]
             if not 1 <= batch <= self.max_batch_size:
                 raise InvalidRequest(
-                    f"input '{spec.name}': batch size {batch} is outside 1..{self.max_batch_size} "
-                    f"(max_batch_size of model '{self.model_name}')"
+                    f"inference request batch-size must be <= {self.max_batch_size} for '{self.model_name}' "
+                    f"(and at least 1; input '{spec.name}' has {batch})"
                 )
         if len(dims) != len(spec.dims) or any(d != want and want != -1 for d, want in zip(dims, spec.dims, strict=False)):
             raise InvalidRequest(
-                f"input '{spec.name}': shape {list(shape)} does not match the model's "
-                f"{self.full_shape(spec)} (-1 is any size)"
+                f"unexpected shape for input '{spec.name}' for model '{self.model_name}'. "
+                f"Expected {_dims(self.full_shape(spec))}, got {_dims(shape)} (-1 is any size)"
             )
         if any(d < 0 for d in shape):
             raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} has a negative dimension")
         return batch
+
+
+def _dims(shape: Iterable[int]) -> str:
+    """A shape as Triton prints it in messages: ``[-1,16]``."""
+    return "[" + ",".join(map(str, shape)) + "]"

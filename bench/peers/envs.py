@@ -19,17 +19,14 @@ A server is ready when ``GET /v2/health/ready`` and every ``GET /v2/models/{name
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.venv import ensure_venv
 
 __all__ = ["PEERS", "REQUIREMENTS", "TORCH", "ModelSpec", "ensure_env", "launch", "ready_paths"]
 
@@ -54,7 +51,6 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     ),
 }
 PEERS = tuple(REQUIREMENTS)
-_STAMP = ".requirements-sha256"
 
 
 @dataclass(frozen=True)
@@ -79,54 +75,15 @@ class ModelSpec:
         }
 
 
-def _stamp(peer: str) -> str:
-    text = json.dumps([sys.version_info[:2], TORCH, REQUIREMENTS[peer]])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def _run(argv: Sequence[str]) -> None:
-    print("+", " ".join(argv), file=sys.stderr, flush=True)
-    subprocess.run(list(argv), check=True, stdout=sys.stderr)
-
-
 def ensure_env(peer: str, cache: Path) -> Path:
     """Create (or reuse, when its requirements are unchanged) ``cache/venv-<peer>``; returns its python.
 
-    A stamp file holds a hash of the requirements; it is written last, so an interrupted install is redone. A
-    lock file serialises callers: two harnesses sharing a cache would otherwise pip-install into one venv at
-    once (pip then fails reading half-written metadata).
+    ``bench.venv.ensure_venv`` stamps and locks it; torch goes in first and alone, so pip keeps the local CPU
+    wheel instead of downloading a CUDA one.
     """
     if peer not in REQUIREMENTS:
         raise ValueError(f"unknown peer {peer!r}; expected one of {PEERS}")
-    cache = Path(cache).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    venv = cache / f"venv-{peer}"
-    with (cache / f".venv-{peer}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _fresh(venv, peer):
-            return _python(venv)
-        _build(venv, peer)
-        return _python(venv)
-
-
-def _fresh(venv: Path, peer: str) -> bool:
-    stamp_file = venv / _STAMP
-    return stamp_file.exists() and stamp_file.read_text().strip() == _stamp(peer) and _python(venv).exists()
-
-
-def _build(venv: Path, peer: str) -> None:
-    print(f"[peers] building {venv} ({' '.join(REQUIREMENTS[peer])})", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    _run([sys.executable, "-m", "venv", "--clear", str(venv)])
-    pip = [str(_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    _run([*pip, TORCH])  # first and alone: the local CPU wheel, never a CUDA download
-    _run([*pip, TORCH, *REQUIREMENTS[peer]])
-    (venv / _STAMP).write_text(_stamp(peer) + "\n")
-    print(f"[peers] {peer} built in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return ensure_venv(Path(cache) / f"venv-{peer}", REQUIREMENTS[peer], preinstall=(TORCH,))
 
 
 def ready_paths(models: Sequence[ModelSpec]) -> list[str]:

@@ -38,6 +38,7 @@ def test_kserve_triton_runtime_command_line(tmp_path: Path) -> None:
         port = logged_port(log, "gRPC server listening on")
         with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
             assert client.is_server_ready() and client.is_model_ready("simple")
+            assert client.get_server_metadata().name == "triton"  # what Triton's example clients check
 
 
 def test_single_model_folder_served_under_its_name(tmp_path: Path) -> None:

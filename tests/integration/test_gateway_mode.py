@@ -39,8 +39,8 @@ def test_gateway_forwards_everything(gateway_url: str) -> None:
 @pytest.mark.parametrize(
     ("model", "datatype", "status", "message"),
     [
-        ("no_such_model", "FP32", "404", "unknown model"),
-        ("failing", "INT32", "400", "expected datatype FP32, got INT32"),
+        ("no_such_model", "FP32", "404", "Request for unknown model"),
+        ("failing", "INT32", "400", "data-type is 'INT32', but model 'failing' expects 'FP32'"),
         ("failing", "FP32", "500", "negative input is not allowed"),
     ],
 )

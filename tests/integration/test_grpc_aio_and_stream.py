@@ -33,7 +33,7 @@ async def test_aio_client(server: RunningServer) -> None:
         assert metadata["platform"] == "pytorch_libtorch"
         result = await client.infer("simple", _simple(aioclient, 4, batch=2))
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((2, 16), 5, np.int32))
-        with pytest.raises(Exception, match="unknown model 'nope'"):
+        with pytest.raises(Exception, match="Request for unknown model: 'nope' is not found"):
             await client.infer("nope", _simple(aioclient, 1))
 
 
@@ -76,7 +76,7 @@ def test_sync_stream_many_requests(server: RunningServer) -> None:
         else:
             seen[result.get_response().id] = int(result.as_numpy("OUTPUT0")[0, 0])
     assert seen == {str(i): i + 1 for i in range(20)}
-    assert len(errors) == 1 and "expected datatype INT32, got FP32" in errors[0]
+    assert len(errors) == 1 and "data-type is 'FP32', but model 'simple' expects 'INT32'" in errors[0]
 
 
 def test_stream_requests_of_one_sequence_answer_in_order(server: RunningServer) -> None:

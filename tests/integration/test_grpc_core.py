@@ -253,15 +253,15 @@ def _request_error(client: grpcclient.InferenceServerClient, model: str, inputs:
     [
         ([_input("INPUT0", np.zeros((1, 16), np.int32), "INT32")], "INPUT1"),
         ([_input("INPUT0", np.zeros((1, 16), np.float32), "FP32"), _input("INPUT1", np.zeros((1, 16), np.int32), "INT32")],
-         "input 'INPUT0': expected datatype INT32, got FP32"),
+         "inference input 'INPUT0' data-type is 'FP32', but model 'simple' expects 'INT32'"),
         ([_input("INPUT0", np.zeros((1, 15), np.int32), "INT32"), _input("INPUT1", np.zeros((1, 15), np.int32), "INT32")],
-         "input 'INPUT0': shape [1, 15]"),
+         "unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,15]"),
         ([_input("INPUT0", np.zeros((9, 16), np.int32), "INT32"), _input("INPUT1", np.zeros((9, 16), np.int32), "INT32")],
-         "batch size 9"),
+         "batch-size must be <= 8 for 'simple'"),
         ([_input("INPUT0", np.zeros((1, 16), np.int32), "INT32"), _input("INPUT1", np.zeros((2, 16), np.int32), "INT32")],
          "batch size"),
         ([_input("INPUT0", np.zeros((1, 16), np.int32), "INT32"), _input("INPUT1", np.zeros((1, 16), np.int32), "INT32"),
-          _input("EXTRA", np.zeros((1, 16), np.int32), "INT32")], "unknown input 'EXTRA'"),
+          _input("EXTRA", np.zeros((1, 16), np.int32), "INT32")], "unexpected inference input 'EXTRA'"),
         ([_input("INPUT0", np.zeros((1, 16), np.int32), "INT32"), _input("INPUT0", np.zeros((1, 16), np.int32), "INT32")],
          "input 'INPUT0' is given more than once"),
     ],
@@ -373,7 +373,7 @@ def test_dict_argument_takes_json_in_bytes(client: grpcclient.InferenceServerCli
     assert client.infer("example_dict_doubler", [_input("d", text, "BYTES")]).as_numpy("OUTPUT__0").tolist() == [20]
     error = _request_error(client, "example_dict_doubler", [_input("d", np.array([10], np.int64), "INT64")])
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
-    assert error.message() == "input 'd': expected datatype BYTES, got INT64"
+    assert error.message() == "inference input 'd' data-type is 'INT64', but model 'example_dict_doubler' expects 'BYTES'"
     error = _request_error(client, "example_dict_doubler", [_input("d", np.array([b"[10]"], dtype=object), "BYTES")])
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "Dict[str, int]" in error.message()
 

@@ -68,7 +68,7 @@ def test_explicit_load_unload_over_grpc(explicit: RunningServer) -> None:
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["simple"].state == "UNAVAILABLE" and index["simple"].reason == "unloaded"
         assert client.is_server_ready()  # an unloaded model is not one the server should serve
-        with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        with pytest.raises(InferenceServerException, match="failed to unload 'nope': not found in the model repository"):
             client.unload_model("nope")
         with pytest.raises(InferenceServerException, match="failed to load 'nope'"):
             client.load_model("nope")

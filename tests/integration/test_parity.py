@@ -193,9 +193,9 @@ INT32_4 = Input("INPUT0", "INT32", [4], [1, 2, 3, 4])
 INTS_3 = [1, 2, 3]
 
 CASES = {
-    "unknown-model": Case("no_such_model", [FP32_1x2], 404, "unknown model 'no_such_model'"),
+    "unknown-model": Case("no_such_model", [FP32_1x2], 404, "Request for unknown model: 'no_such_model' is not found"),
     "unknown-version": Case(
-        "versioned", [INT32_4], 404, "model 'versioned' has no version 9 being served (serving [1, 2, 3])", version="9"
+        "versioned", [INT32_4], 404, "Request for unknown model: 'versioned' version 9 is not found (serving [1, 2, 3])", version="9"
     ),
     "bad-version-string": Case(
         "versioned", [INT32_4], 400, "model 'versioned': version 'v1' is not a number", version="v1"
@@ -205,22 +205,22 @@ CASES = {
     ),
     "wrong-datatype": Case(
         "identity_fp32", [Input("INPUT0", "INT32", [1, 2], [1, 2])], 400,
-        "input 'INPUT0': expected datatype FP32, got INT32",
+        "inference input 'INPUT0' data-type is 'INT32', but model 'identity_fp32' expects 'FP32'",
     ),
     "wrong-shape": Case(
         "versioned", [Input("INPUT0", "INT32", [5], [1, 2, 3, 4, 5])], 400,
-        "input 'INPUT0': shape [5] does not match the model's [4] (-1 is any size)",
+        "unexpected shape for input 'INPUT0' for model 'versioned'. Expected [4], got [5] (-1 is any size)",
     ),
     "no-batch-dimension": Case(
         "identity_fp32", [Input("INPUT0", "FP32", [], [1.0])], 400, "input 'INPUT0': shape [] has no batch dimension"
     ),
     "missing-input": Case(
         "dict_output", [Input("a", "INT32", [1, 3], INTS_3)], 400,
-        "model 'dict_output' expects input(s) ['b'], which the request lacks",
+        "expected 2 inputs but got 1 inputs for model 'dict_output'. Got input(s) ['a'], but missing required input(s) ['b']. Please provide all required input(s).",
     ),
     "unknown-input": Case(
         "identity_fp32", [FP32_1x2, Input("EXTRA", "FP32", [1, 2], [1.0, 2.0])], 400,
-        "unknown input 'EXTRA' for model 'identity_fp32', expected one of ['INPUT0']",
+        "unexpected inference input 'EXTRA' for model 'identity_fp32' (it takes ['INPUT0'])",
     ),
     "duplicate-input": Case(
         "identity_fp32", [FP32_1x2, FP32_1x2], 400, "input 'INPUT0' is given more than once"
@@ -231,7 +231,7 @@ CASES = {
     ),
     "unknown-output": Case(
         "identity_fp32", [FP32_1x2], 400,
-        "unknown output 'NOPE' for model 'identity_fp32', expected one of ['OUTPUT0']",
+        "unexpected inference output 'NOPE' for model 'identity_fp32' (it has ['OUTPUT0'])",
         outputs=("NOPE",),
     ),
     "output-twice": Case(
@@ -239,7 +239,7 @@ CASES = {
     ),
     "batch-over-max": Case(
         "identity_fp32", [Input("INPUT0", "FP32", [9, 1], [1.0] * 9)], 400,
-        "input 'INPUT0': batch size 9 is outside 1..8 (max_batch_size of model 'identity_fp32')",
+        "inference request batch-size must be <= 8 for 'identity_fp32' (and at least 1; input 'INPUT0' has 9)",
     ),
     "model-raises": Case(
         "failing", [Input("INPUT0", "FP32", [1, 2], [1.0, -1.0])], 500,
@@ -358,8 +358,8 @@ def test_typed_contents_give_the_same_values_as_raw(stub: GRPCInferenceServiceSt
 # -- model metadata -------------------------------------------------------------------------------------------
 
 METADATA_ERRORS = {
-    "unknown-model": ("no_such_model", "", 404, "unknown model 'no_such_model'"),
-    "unknown-version": ("versioned", "9", 404, "model 'versioned' has no version 9 being served (serving [1, 2, 3])"),
+    "unknown-model": ("no_such_model", "", 404, "Request for unknown model: 'no_such_model' is not found"),
+    "unknown-version": ("versioned", "9", 404, "Request for unknown model: 'versioned' version 9 is not found (serving [1, 2, 3])"),
     "bad-version-string": ("versioned", "latest", 400, "model 'versioned': version 'latest' is not a number"),
     "malformed-model-name": (
         "a/b", "", 400, "invalid model name 'a/b': a model name must not contain '/' or '\\'"

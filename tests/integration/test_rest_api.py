@@ -120,11 +120,11 @@ def test_output_subset(client: httpclient.InferenceServerClient) -> None:
 @pytest.mark.parametrize(
     ("model", "inputs", "status", "message"),
     [
-        ("no_such_model", lambda: _simple_inputs()[2], "404", "unknown model 'no_such_model'"),
+        ("no_such_model", lambda: _simple_inputs()[2], "404", "Request for unknown model: 'no_such_model' is not found"),
         ("simple", lambda: _simple_inputs()[2][:1], "400", "INPUT1"),
         ("simple", lambda: [_input("INPUT0", np.zeros((1, 16), np.float32), "FP32"), _simple_inputs()[2][1]],
-         "400", "input 'INPUT0': expected datatype INT32, got FP32"),
-        ("simple", lambda: _simple_inputs(batch=9)[2], "400", "batch size 9"),
+         "400", "inference input 'INPUT0' data-type is 'FP32', but model 'simple' expects 'INT32'"),
+        ("simple", lambda: _simple_inputs(batch=9)[2], "400", "batch-size must be <= 8 for 'simple'"),
         ("failing", lambda: [_input("INPUT0", np.array([[-1.0]], np.float32), "FP32")], "500",
          "negative input is not allowed"),
         ("example_dict_doubler", lambda: [_input("d", np.array([b"[1]"], dtype=object), "BYTES")], "400",
@@ -155,7 +155,7 @@ async def test_aio_client(server: RunningServer) -> None:
         inputs[1].set_data_from_numpy(a, binary_data=False)
         result = await client.infer("simple", inputs)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * a)
-        with pytest.raises(InferenceServerException, match="unknown model"):
+        with pytest.raises(InferenceServerException, match="Request for unknown model"):
             await client.infer("nope", inputs)
         assert len(await client.get_model_repository_index()) >= 8
 
@@ -175,7 +175,10 @@ def test_plain_json_infer_without_content_type(server: RunningServer) -> None:
     status, headers, body = http_call(server, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())
     assert status == 200 and headers["content-type"] == "application/json"
     response = json.loads(body)
-    assert response["model_name"] == "simple" and "id" not in response
+    assert response["model_name"] == "simple"
+    # KServe's InferenceResponse requires an id: one is made up when the request brings none, new each time.
+    again = json.loads(http_call(server, "POST", "/v2/models/simple/infer", json.dumps(SIMPLE_JSON).encode())[2])
+    assert response["id"] and again["id"] and response["id"] != again["id"]
     out = {o["name"]: o for o in response["outputs"]}
     assert out["OUTPUT0"] == {"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 16], "data": [i + 1 for i in range(16)]}
 

@@ -47,7 +47,7 @@ def test_failed_models_are_reported_and_the_rest_serve(broken_server: RunningSer
         tensor = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
         tensor.set_data_from_numpy(data)
         np.testing.assert_array_equal(client.infer("healthy", [tensor]).as_numpy("OUTPUT0"), data)
-        with pytest.raises(Exception, match="UNAVAILABLE.*missing_file.*not ready"):
+        with pytest.raises(Exception, match="UNAVAILABLE.*'missing_file' has no available versions"):
             client.infer("missing_file", [tensor])
 
 

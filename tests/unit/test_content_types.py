@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from v2server._proto import grpc_service_pb2 as pb
+from v2server.datatypes import DATATYPES
 from v2server.errors import InvalidRequest
 from v2server.rest_api import content_types
 from v2server.rest_api.content_types import (
@@ -38,7 +39,7 @@ def _bf16_bits(values: list[float]) -> list[int]:
 
 
 def test_the_mlserver_content_types_are_registered() -> None:
-    assert codec_names() == ["base64", "datetime", "json", "np", "pd", "str"]
+    assert codec_names() == ["base64", "datetime", "json", "np", "pd", "pd_json", "str"]
     assert all(get_codec(name, "input 'A'").name == name for name in codec_names())
 
 
@@ -46,7 +47,7 @@ def test_an_unknown_content_type_names_itself_the_place_and_the_known_ones() -> 
     with pytest.raises(InvalidRequest) as caught:
         get_codec("xyz", "input 'A'")
     assert caught.value.message == (
-        "unknown content_type 'xyz' on input 'A'; known: base64, datetime, json, np, pd, str"
+        "unknown content_type 'xyz' on input 'A'; known: base64, datetime, json, np, pd, pd_json, str"
     )
 
 
@@ -123,6 +124,19 @@ def test_np_decodes_bf16_to_round_to_nearest_even_bits() -> None:
         ("INT32", [1, "2"], "input 'A': data must be integers for INT32, got string \"2\""),
         ("INT32", [1, 1.5], "input 'A': data must be integers for INT32, got number 1.5"),
         ("INT32", [1, True], "input 'A': data must be integers for INT32, got boolean true"),
+        ("INT32", [1.0, 3.5], "input 'A': data must be integers for INT32, got number 3.5"),
+        ("INT32", [1.0, True], "input 'A': data must be integers for INT32, got boolean true"),
+        ("INT8", [1.0, 300.0], "input 'A': value 300 is out of range for INT8"),
+        ("UINT8", [-1.0], "input 'A': value -1 is out of range for UINT8"),
+        ("INT8", [1, -129.0], "input 'A': value -129 is out of range for INT8"),
+        ("INT64", [2.0**53 + 2], "input 'A': data must be integers for INT64, got number 9007199254740994.0"),
+        (
+            "UINT64",
+            [1, 2.0**64],
+            "input 'A': data must be integers for UINT64, got number 1.8446744073709552e+19",
+        ),
+        ("INT32", [float("nan")], "input 'A': data must be integers for INT32, got number nan"),
+        ("INT32", [1, float("-inf")], "input 'A': data must be integers for INT32, got number -inf"),
         ("FP32", [False], "input 'A': data must be numbers for FP32, got boolean false"),
         ("FP32", [None], "input 'A': data must be numbers for FP32, got null null"),
         ("BOOL", [True, 1], "input 'A': data must be booleans for BOOL, got integer 1"),
@@ -144,6 +158,68 @@ def test_np_refuses_what_numpy_would_coerce(datatype: str, data: Any, message: s
     with pytest.raises(InvalidRequest) as caught:
         get_codec("np", "input 'A'").decode(data, datatype, "A")
     assert caught.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("INT32", [0.0, 1.0, -0.0, -7.0], [0, 1, 0, -7]),  # open-inference-openapi's INT32
+        ("INT8", [[127.0, -128.0], [1, 2.0]], [127, -128, 1, 2]),  # nested, ints and floats mixed
+        ("UINT8", [255.0, 0.0], [255, 0]),
+        ("INT64", [2**62 + 1, 2.0**53, -(2.0**53)], [2**62 + 1, 2**53, -(2**53)]),  # the int stays exact
+        ("UINT64", [2**64 - 1, 3.0], [2**64 - 1, 3]),  # an int beyond int64 beside a float
+    ],
+)
+def test_np_takes_integral_floats_for_integer_datatypes(
+    datatype: str, data: list[Any], expected: list[int]
+) -> None:
+    values = get_codec("np", "input 'A'").decode(data, datatype, "A")
+    assert isinstance(values, np.ndarray)
+    assert values.dtype == DATATYPES[datatype].numpy
+    assert values.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ([2.0], None),
+        ([2.5], "input 'A': data must be integers for INT32, got number 2.5"),
+        ([3e9], "input 'A': value 3000000000 is out of range for INT32"),
+        ([True], "input 'A': data must be integers for INT32, got boolean true"),
+    ],
+)
+@pytest.mark.parametrize("head", [0.0, 1], ids=["floats", "ints-then-floats"])
+def test_integral_floats_in_a_large_array_are_checked_piece_by_piece(
+    head: float, tail: list[Any], message: str | None
+) -> None:
+    count = 3 * content_types.CHUNK_ELEMENTS + 5  # several bounded pieces, the last one short
+    data = [head] * (count - 1) + tail
+    codec = get_codec("np", "input 'A'")
+    if message is None:
+        values = codec.decode(data, "INT32", "A")
+        assert isinstance(values, np.ndarray) and values.dtype == np.int32
+        assert values[:-1].tolist() == [int(head)] * (count - 1) and values[-1] == 2
+        return
+    with pytest.raises(InvalidRequest) as caught:
+        codec.decode(data, "INT32", "A")
+    assert caught.value.message == message
+
+
+def test_all_int_data_never_looks_for_floats(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any) -> None:
+        raise AssertionError("the integral-float check ran for all-int data")
+
+    monkeypatch.setattr(content_types, "_integral_floats", fail)
+    values = get_codec("np", "input 'A'").decode([1, 2, 3], "INT32", "A")
+    assert isinstance(values, np.ndarray) and values.tolist() == [1, 2, 3]
+
+
+def test_np_decode_pieces_takes_integral_floats() -> None:
+    pieces = [[1.0, 2], [3.0]]
+    assert NumpyCodec().decode_pieces(iter(pieces), 3, "INT16", "A").tolist() == [1, 2, 3]
+    with pytest.raises(InvalidRequest) as caught:
+        NumpyCodec().decode_pieces(iter([[1.0], [3.5]]), 2, "INT16", "A")
+    assert caught.value.message == "input 'A': data must be integers for INT16, got number 3.5"
 
 
 def test_np_flattens_nested_data_in_row_major_order() -> None:
@@ -192,7 +268,17 @@ def test_simple_is_np_but_takes_any_json_value_as_a_bytes_element() -> None:
 
 @pytest.mark.parametrize(
     ("datatype", "data"),
-    [("INT8", [300]), ("INT32", [True]), ("FP16", [65520.0]), ("BF16", [3.4e38]), ("BOOL", [1]), ("FP32", ["1"])],
+    [
+        ("INT8", [300]),
+        ("INT32", [True]),
+        ("FP16", [65520.0]),
+        ("BF16", [3.4e38]),
+        ("BOOL", [1]),
+        ("FP32", ["1"]),
+        ("INT32", [1.5]),
+        ("INT8", [300.0]),
+        ("INT64", [2.0**60]),
+    ],
 )
 def test_simple_refuses_numbers_exactly_as_np_does(datatype: str, data: list[Any]) -> None:
     messages = []
@@ -203,10 +289,16 @@ def test_simple_refuses_numbers_exactly_as_np_does(datatype: str, data: list[Any
     assert messages[0] == messages[1]
 
 
+def test_simple_takes_integral_floats_as_np_does() -> None:
+    values = SimpleCodec().decode_nested([[1.0, 2.0], [-0.0, 4]], "INT32", "x")
+    assert values.shape == (2, 2) and values.dtype == np.int32
+    assert values.tolist() == [[1, 2], [0, 4]]
+
+
 # --- str, base64, datetime, json ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["str", "base64", "datetime", "json"])
+@pytest.mark.parametrize("name", ["str", "base64", "datetime", "json", "pd_json"])
 def test_bytes_codecs_refuse_other_datatypes(name: str) -> None:
     codec = get_codec(name, "input 'A'")
     with pytest.raises(InvalidRequest) as caught:
@@ -256,6 +348,47 @@ def test_json_holds_one_json_value_per_element() -> None:
     assert codec.encode(_objects(*decoded), "BYTES", "O") == data
     with pytest.raises(InvalidRequest, match=r"^output 'O': an element is not valid JSON"):
         codec.encode(_objects(b"{oops"), "BYTES", "O")
+
+
+def test_pd_json_holds_one_json_text_per_element() -> None:
+    # what MLServer's PandasCodec writes for a column of dicts, lists and a missing value (json.dumps each)
+    data = ['{"a":[1,2]}', '[1,"x"]', '"s"', "3.5", "null", '{"é": "日本"}']
+    codec = get_codec("pd_json", "input 'A'")
+    decoded = codec.decode(data, "BYTES", "A")
+    assert decoded == [item.encode() for item in data]  # kept as sent
+    assert codec.encode(_objects(*decoded), "BYTES", "O") == data
+
+
+def test_pd_json_and_json_give_the_model_the_same_text() -> None:
+    values = [{"a": [1, 2]}, [1, "x"], None]
+    as_json = get_codec("json", "input 'A'").decode(values, "BYTES", "A")
+    as_texts = [item.decode() for item in as_json]
+    assert get_codec("pd_json", "input 'A'").decode(as_texts, "BYTES", "A") == as_json
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (['{"a":1}', "{oops"], "input 'A': \"{oops\" is not a JSON text"),
+        (["1 2"], "input 'A': \"1 2\" is not a JSON text"),
+        (["NaN"], "input 'A': \"NaN\" is not a JSON text"),
+        ([{"a": 1}], "input 'A': data must be JSON texts (strings), got object {\"a\":1}"),
+        (["1", None], "input 'A': data must be JSON texts (strings), got null null"),
+    ],
+)
+def test_pd_json_refuses_what_is_not_json_text(data: list[Any], message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        get_codec("pd_json", "input 'A'").decode(data, "BYTES", "A")
+    assert caught.value.message == message
+
+
+def test_pd_json_refuses_an_output_element_that_is_not_json_text() -> None:
+    codec = get_codec("pd_json", "output 'O'")
+    with pytest.raises(InvalidRequest) as caught:
+        codec.encode(_objects(b"[1]", b"plain text"), "BYTES", "O")
+    assert caught.value.message == "output 'O': element 1 (\"plain text\") is not a JSON text"
+    with pytest.raises(InvalidRequest, match=r"^output 'O': BYTES data is not valid UTF-8"):
+        codec.encode(_objects(b"\xff"), "BYTES", "O")
 
 
 # --- pd: inputs are columns --------------------------------------------------------------------------------

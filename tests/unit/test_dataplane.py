@@ -193,7 +193,7 @@ async def test_failed_inferences_are_reported_once_the_model_is_known(plane: Dat
     plane.observe(observer)
     bad = pb.ModelInferRequest(id="bad", model_name="m", inputs=[pb.ModelInferRequest.InferInputTensor(
         name="x", datatype="INT32", shape=[1, 1])])
-    with pytest.raises(InvalidRequest, match="expected datatype FP32"):
+    with pytest.raises(InvalidRequest, match="expects 'FP32'"):
         await plane.ModelInfer(bad)
     with pytest.raises(ModelNotFound):
         await plane.ModelInfer(pb.ModelInferRequest(model_name="nope"))

@@ -251,4 +251,4 @@ async def test_a_stream_past_its_limit_keeps_a_sequence_in_order() -> None:
     ids = [a.infer_response.id for a in answers if not a.error_message]
     assert [i for i in ids if i.startswith("s")] == [f"s{i}" for i in range(12)]
     assert sorted(i for i in ids if i.startswith("free")) == [f"free{i}" for i in range(5)]
-    assert [a.error_message for a in answers if a.error_message] == ["input 'x': expected datatype FP32, got INT32"]
+    assert [a.error_message for a in answers if a.error_message] == ["inference input 'x' data-type is 'INT32', but model 'm' expects 'FP32'"]

@@ -102,7 +102,7 @@ def _output(name: str, parameter: str | None = None) -> Output:
 @pytest.mark.parametrize(
     ("outputs", "error", "message"),
     [
-        ([_output("X"), _output("W")], InvalidRequest, "unknown output 'W' for model 'm', expected one of ['X', 'Y', 'Z']"),
+        ([_output("X"), _output("W")], InvalidRequest, "unexpected inference output 'W' for model 'm' (it has ['X', 'Y', 'Z'])"),
         ([_output("X"), _output("Z"), _output("X")], InvalidRequest, "output 'X' is requested more than once"),
         ([_output("X", "classification")], Unsupported, "output 'X': 'classification' is not supported by this server"),
         (

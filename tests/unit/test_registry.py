@@ -115,7 +115,7 @@ async def test_get_resolves_latest_numbered_and_refuses_bad_versions(
         assert info.value.message == f"model 'm': version '{bad}' is not a number"
     with pytest.raises(ModelNotFound) as missing:
         registry.get("m", "9")
-    assert missing.value.message == "model 'm' has no version 9 being served (serving [1, 2, 3])"
+    assert missing.value.message == "Request for unknown model: 'm' version 9 is not found (serving [1, 2, 3])"
     assert registry.is_ready("m", "2") and not registry.is_ready("m", "9")
 
 
@@ -128,13 +128,13 @@ async def test_unknown_is_not_found_and_failed_is_not_ready(repo: Path, registri
     assert [(s.name, s.version, s.state) for s in failures] == [("missing_file", 1, ModelState.UNAVAILABLE)]
     with pytest.raises(ModelNotFound) as unknown:
         registry.get("nope")
-    assert unknown.value.message == "unknown model 'nope'"
-    with pytest.raises(ModelNotFound, match="unknown model 'on_disk_only'"):
+    assert unknown.value.message == "Request for unknown model: 'nope' is not found"
+    with pytest.raises(ModelNotFound, match="Request for unknown model: 'on_disk_only' is not found"):
         registry.get("on_disk_only")  # on disk, never asked for
     with pytest.raises(ModelNotReady) as not_ready:
         registry.get("missing_file")
-    assert not_ready.value.message.startswith("model 'missing_file' is not ready: model file ")
-    assert not_ready.value.message.endswith("does not exist")
+    assert not_ready.value.message.startswith("Request for unknown model: 'missing_file' has no available versions (model file ")
+    assert not_ready.value.message.endswith("does not exist)")
     assert not registry.is_ready("nope") and not registry.is_ready("missing_file") and registry.is_ready("good")
 
 
@@ -199,7 +199,7 @@ async def test_strict_readiness_is_false_until_the_models_serve(
         await asyncio.sleep(0)
     assert ("a", 0, "LOADING", "") in _rows(registry)
     assert not registry.all_ready()
-    with pytest.raises(ModelNotReady, match="model 'a' is not ready: LOADING"):
+    with pytest.raises(ModelNotReady, match=r"'a' has no available versions \(LOADING\)"):
         registry.get("a")
     assert await loading == []
     assert registry.all_ready()
@@ -224,7 +224,7 @@ async def test_load_of_an_unknown_name_raises_and_changes_nothing(
         await registry.load("../a")
     assert registry.index() == before
     assert registry.all_ready()
-    with pytest.raises(ModelNotFound, match="unknown model 'ghost'"):
+    with pytest.raises(ModelNotFound, match="Request for unknown model: 'ghost' is not found"):
         registry.get("ghost")
 
 
@@ -270,7 +270,7 @@ async def test_an_upload_serves_and_unload_removes_its_folder(
 
     await registry.unload("up")
     assert list(uploads.iterdir()) == []
-    with pytest.raises(ModelNotReady, match="model 'up' is not ready: unloaded"):
+    with pytest.raises(ModelNotReady, match=r"'up' has no available versions \(unloaded\)"):
         registry.get("up")
     assert _rows(registry) == [("up", 1, "UNAVAILABLE", "unloaded")]
 
@@ -284,7 +284,7 @@ async def test_a_failed_upload_of_a_new_name_leaves_no_row_and_no_folder(
     assert "<uploaded model>" in status.reason and str(uploads) not in status.reason  # no private path leaks
     assert list(uploads.iterdir()) == []
     assert registry.index() == []
-    with pytest.raises(ModelNotFound, match="unknown model 'bad'"):
+    with pytest.raises(ModelNotFound, match="Request for unknown model: 'bad' is not found"):
         registry.get("bad")
 
 
@@ -357,7 +357,7 @@ async def test_unload_drains_an_inflight_request_before_closing(
         await asyncio.sleep(0)
     # New requests are refused at once; the one in flight still runs on its handle.
     assert _rows(registry) == [("slow", 1, "UNLOADING", "")]
-    with pytest.raises(ModelNotReady, match="model 'slow' is not ready: UNLOADING"):
+    with pytest.raises(ModelNotReady, match=r"'slow' has no available versions \(UNLOADING\)"):
         registry.get("slow")
     assert handle.inflight == 1 and not request.done() and not unloading.done()
 
@@ -372,7 +372,7 @@ async def test_unload_drains_an_inflight_request_before_closing(
 
 async def test_unload_of_an_unknown_name_is_not_found(repo: Path, registries: Callable[..., Registry]) -> None:
     registry = registries(repo)
-    with pytest.raises(ModelNotFound, match="unknown model 'ghost'"):
+    with pytest.raises(ModelNotFound, match="failed to unload 'ghost': not found in the model repository"):
         await registry.unload("ghost")
     with pytest.raises(InvalidRequest, match="invalid model name"):
         await registry.unload("a/b")
@@ -402,7 +402,7 @@ async def test_aliases_are_set_resolved_deleted_and_persisted(
             await registry.set_alias("m", bad, 1)
     with pytest.raises(ModelNotFound, match="model 'm' has no version or alias 'nope'"):
         registry.resolve_alias("m", "nope")
-    with pytest.raises(ModelNotFound, match="unknown model 'other'"):
+    with pytest.raises(ModelNotFound, match="Request for unknown model: 'other' is not found"):
         registry.resolve_alias("other", "stable")
 
     # Another registry over the same repository (a restart) reads them back.
@@ -466,7 +466,7 @@ async def test_poll_loads_new_reloads_changed_and_unloads_removed_models(
 
     shutil.rmtree(repo / "b")
     await registry.poll()
-    with pytest.raises(ModelNotReady, match="model 'b' is not ready: unloaded"):
+    with pytest.raises(ModelNotReady, match=r"'b' has no available versions \(unloaded\)"):
         registry.get("b")
     assert _rows(registry) == [("a", 1, "READY", ""), ("b", 1, "UNAVAILABLE", "unloaded")]
     assert registry.all_ready()  # a removed model is no longer wanted

@@ -59,7 +59,7 @@ def test_valid_inputs_return_the_batch_size(inputs: list[tuple[str, str, tuple[i
 def test_without_batching_shapes_are_the_dims_and_batch_size_is_0() -> None:
     signature = _signature(0)
     assert signature.check_inputs([("INPUT0", "INT32", (4,)), ("INPUT1", "FP32", (5, 2))]) == 0
-    with pytest.raises(InvalidRequest, match=r"input 'INPUT0': shape \[1, 4\] does not match the model's \[4\]"):
+    with pytest.raises(InvalidRequest, match=r"unexpected shape for input 'INPUT0' for model 'm'. Expected \[4\], got \[1,4\]"):
         signature.check_inputs([("INPUT0", "INT32", (1, 4)), ("INPUT1", "FP32", (5, 2))])
 
 
@@ -71,32 +71,38 @@ GOOD1 = ("INPUT1", "FP32", (2, 3, 2))
     [
         (
             [("INPUT0", "INT32", (2, 4)), GOOD1, ("INPUT9", "INT32", (2, 4))],
-            "unknown input 'INPUT9' for model 'm', expected one of ['INPUT0', 'INPUT1', 'EXTRA']",
+            "unexpected inference input 'INPUT9' for model 'm' (it takes ['INPUT0', 'INPUT1', 'EXTRA'])",
         ),
-        ([GOOD1], "model 'm' expects input(s) ['INPUT0'], which the request lacks"),
-        ([], "model 'm' expects input(s) ['INPUT0', 'INPUT1'], which the request lacks"),
+        ([GOOD1], (
+            "expected number of inputs between 2 and 3 but got 1 inputs for model 'm'. Got input(s) ['INPUT1'], "
+            "but missing required input(s) ['INPUT0']. Please provide all required input(s)."
+        )),
+        ([], (
+            "expected number of inputs between 2 and 3 but got 0 inputs for model 'm'. Got input(s) [], "
+            "but missing required input(s) ['INPUT0', 'INPUT1']. Please provide all required input(s)."
+        )),
         (
             [("INPUT0", "INT32", (2, 4)), GOOD1, ("INPUT0", "INT32", (2, 4))],
             "input 'INPUT0' is given more than once",
         ),
-        ([("INPUT0", "FP32", (2, 4)), GOOD1], "input 'INPUT0': expected datatype INT32, got FP32"),
-        ([("INPUT0", "", (2, 4)), GOOD1], "input 'INPUT0': expected datatype INT32, got (none)"),
+        ([("INPUT0", "FP32", (2, 4)), GOOD1], "inference input 'INPUT0' data-type is 'FP32', but model 'm' expects 'INT32'"),
+        ([("INPUT0", "", (2, 4)), GOOD1], "inference input 'INPUT0' data-type is '', but model 'm' expects 'INT32'"),
         (
             [("INPUT0", "INT32", (2, 5)), GOOD1],
-            "input 'INPUT0': shape [2, 5] does not match the model's [-1, 4] (-1 is any size)",
+            "unexpected shape for input 'INPUT0' for model 'm'. Expected [-1,4], got [2,5] (-1 is any size)",
         ),
         (
             [("INPUT0", "INT32", (2, 4, 1)), GOOD1],
-            "input 'INPUT0': shape [2, 4, 1] does not match the model's [-1, 4] (-1 is any size)",
+            "unexpected shape for input 'INPUT0' for model 'm'. Expected [-1,4], got [2,4,1] (-1 is any size)",
         ),
         ([("INPUT0", "INT32", ()), GOOD1], "input 'INPUT0': shape [] has no batch dimension"),
         (
             [("INPUT0", "INT32", (0, 4)), GOOD1],
-            "input 'INPUT0': batch size 0 is outside 1..8 (max_batch_size of model 'm')",
+            "inference request batch-size must be <= 8 for 'm' (and at least 1; input 'INPUT0' has 0)",
         ),
         (
             [("INPUT0", "INT32", (9, 4)), GOOD1],
-            "input 'INPUT0': batch size 9 is outside 1..8 (max_batch_size of model 'm')",
+            "inference request batch-size must be <= 8 for 'm' (and at least 1; input 'INPUT0' has 9)",
         ),
         (
             [("INPUT0", "INT32", (3, 4)), GOOD1],

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import datetime
-from collections.abc import Iterable
-from typing import Any, ClassVar
+import itertools
+import math
+import operator
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import orjson
@@ -39,6 +43,7 @@ __all__ = [
     "JsonCodec",
     "NumpyCodec",
     "PandasCodec",
+    "PandasJsonCodec",
     "SimpleCodec",
     "StringCodec",
     "check_columns",
@@ -143,7 +148,9 @@ class NumpyCodec(Codec):
             return bytes_array(_utf8(flat, types, input_name))
         return _to_numeric(flat, types, datatype, input_name)
 
-    def decode_pieces(self, pieces: Iterable[list[Any]], count: int, datatype: str, input_name: str) -> np.ndarray:
+    def decode_pieces(
+        self, pieces: Iterable[list[Any]], count: int, datatype: str, input_name: str
+    ) -> np.ndarray:
         """Flat JSON values of a numeric ``datatype`` that arrive in pieces (``count`` in all) -> one array of
         its storage dtype, each piece checked and converted as it comes, so only one piece is ever held as
         Python objects."""
@@ -160,7 +167,9 @@ class NumpyCodec(Codec):
         if array is None:
             array = self._values([], set(), datatype, input_name)
         if filled != count:
-            raise InvalidRequest(f"input '{input_name}': data has {filled} elements, not the {count} its text holds")
+            raise InvalidRequest(
+                f"input '{input_name}': data has {filled} elements, not the {count} its text holds"
+            )
         return array
 
     def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
@@ -279,6 +288,40 @@ class JsonCodec(Codec):
             raise InvalidRequest(f"output '{output_name}': an element is not valid JSON ({exc})") from None
 
 
+class PandasJsonCodec(Codec):
+    """``pd_json``: each BYTES element is one JSON text, carried as a JSON string (MLServer's meaning).
+
+    MLServer's ``PandasCodec`` labels a column of objects that are not all strings (dicts, lists, mixed
+    values, missing values as ``null``) this way and writes every element through ``json.dumps``; its
+    ``decode_response`` runs ``json.loads`` on each element of an output so labelled. ``json`` carries the
+    values themselves: the element ``{"a": 1}`` of ``json`` is the string ``'{"a": 1}'`` of ``pd_json``, and
+    both reach the model as JSON text. Each text must parse, on the way in and on the way out; it is kept as sent.
+    """
+
+    name = "pd_json"
+    bytes_only = True
+
+    def decode(self, data: list[Any], datatype: str, input_name: str) -> list[bytes] | np.ndarray:
+        self._check(datatype, f"input '{input_name}'")
+        flat, types, _ = _flatten(data, input_name)
+        _require(flat, types, {str}, input_name, "JSON texts (strings)")
+        encoded = [item.encode() for item in flat]
+        bad = _first_not_json(encoded)
+        if bad is not None:
+            raise InvalidRequest(f"input '{input_name}': {_show(flat[bad])} is not a JSON text")
+        return encoded
+
+    def encode(self, values: np.ndarray, datatype: str, output_name: str) -> list[Any] | np.ndarray:
+        self._check(datatype, f"output '{output_name}'")
+        texts = _text(values, output_name)
+        bad = _first_not_json(values)
+        if bad is not None:
+            raise InvalidRequest(
+                f"output '{output_name}': element {bad} ({_show(texts[bad])}) is not a JSON text"
+            )
+        return texts
+
+
 # --- shared conversions ------------------------------------------------------------------------------------
 
 
@@ -364,9 +407,11 @@ def _size(value: Any) -> int:
 
 _JSON_KINDS: dict[str, tuple[set[type], str]] = {  # a numeric datatype's kind -> the JSON types it takes
     "bool": ({bool}, "booleans"),
-    "int": ({int}, "integers"),
+    "int": ({int, float}, "integers"),  # a float only when integral (_integral_floats)
     "float": ({int, float}, "numbers"),
 }
+
+_EXACT_FLOAT_INTEGERS = 2.0**53  # beyond it neighbouring integers share a float64: which one was meant?
 
 _JSON_TYPE = {
     bool: "boolean",
@@ -380,6 +425,8 @@ _JSON_TYPE = {
 
 def _show(value: Any) -> str:
     """A value as it looked in JSON, for messages."""
+    if type(value) is float and not math.isfinite(value):
+        return repr(value)  # no JSON text gives one, but orjson would show it as null
     text = orjson.dumps(value).decode()
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -387,10 +434,12 @@ def _show(value: Any) -> str:
 def _require(flat: list[Any], types: set[type], allowed: set[type], name: str, what: str) -> None:
     """Refuse elements whose JSON type is not ``allowed``, naming the first one."""
     if not types <= allowed:
-        bad = next(item for item in flat if type(item) not in allowed)
-        raise InvalidRequest(
-            f"input '{name}': data must be {what}, got {_JSON_TYPE.get(type(bad), '?')} {_show(bad)}"
-        )
+        raise _refused(next(item for item in flat if type(item) not in allowed), name, what)
+
+
+def _refused(bad: Any, name: str, what: str) -> InvalidRequest:
+    kind = _JSON_TYPE.get(type(bad), "?")
+    return InvalidRequest(f"input '{name}': data must be {what}, got {kind} {_show(bad)}")
 
 
 def _utf8(flat: list[Any], types: set[type], name: str) -> list[bytes]:
@@ -412,22 +461,74 @@ def _text(values: np.ndarray, name: str) -> list[str]:
 def _to_numeric(flat: list[Any], types: set[type], datatype: str, name: str) -> np.ndarray:
     """JSON numbers/booleans of the right JSON kind -> an array of ``datatype``'s storage dtype.
 
-    The kind is checked here (JSON's business); the range and narrowing rules are
-    :func:`v2server.tensors.storage_array`'s.
+    The kind is checked here (JSON's business; an integer datatype also takes integral floats, see
+    :func:`_integral_floats`); the range and narrowing rules are :func:`v2server.tensors.storage_array`'s.
     """
     row = DATATYPES[datatype]
     allowed, what = _JSON_KINDS[row.kind]
     _require(flat, types, allowed, name, f"{what} for {datatype}")
+    floats = row.kind == "int" and float in types  # all-int data (the usual case) goes straight to numpy
     if len(flat) <= CHUNK_ELEMENTS:
-        return storage_array(name, row, flat)
+        return _numeric_part(flat, types, floats, datatype, name)
     array: np.ndarray | None = None
     for start in range(0, len(flat), CHUNK_ELEMENTS):  # one bounded numpy call at a time (see _flatten)
-        part = storage_array(name, row, flat[start : start + CHUNK_ELEMENTS])
+        part = _numeric_part(flat[start : start + CHUNK_ELEMENTS], types, floats, datatype, name)
         if array is None:
             array = np.empty(len(flat), dtype=part.dtype)
         array[start : start + len(part)] = part
     assert array is not None
     return array
+
+
+def _numeric_part(values: list[Any], types: set[type], floats: bool, datatype: str, name: str) -> np.ndarray:
+    """One bounded piece of :func:`_to_numeric`: integral floats of an integer datatype become integers,
+    then :func:`~v2server.tensors.storage_array` converts and range-checks."""
+    row = DATATYPES[datatype]
+    if not floats:
+        return storage_array(name, row, values)
+    integers = _integral_floats(values, types == {float}, datatype, name)
+    if integers is None:
+        return storage_array(name, row, values)
+    return storage_array(name, row, cast(Sequence[int], integers))  # it reads any sequence numpy reads
+
+
+def _integral_floats(values: list[Any], all_floats: bool, datatype: str, name: str) -> np.ndarray | None:
+    """Check that the floats among ``values`` (elements of an integer datatype) are integers; when all of
+    ``values`` are floats, return them as int64, else None (numpy converts the mixed list exactly).
+
+    Generated clients (``open-inference-openapi``) write an INT32 tensor as ``[0.0, 1.0]``, which MLServer and
+    KServe take, so ``3.0`` and ``-0.0`` are integers here. ``3.5`` is not; neither is a float beyond 2**53,
+    where JSON parsing may already have rounded the integer the client wrote (``9007199254740993.0`` reads as
+    ``...992``), so which one was meant is unknown. The checks run in numpy on the float64 values; only the
+    floats of a mixed piece are picked out, in C (``map``/``compress``), never by a Python loop.
+    """
+    if all_floats:
+        picked = values
+    else:
+        is_float = map(operator.is_, map(type, values), itertools.repeat(float))
+        picked = list(itertools.compress(values, is_float))
+    numbers = np.asarray(picked, dtype=np.float64)
+    exact = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) <= _EXACT_FLOAT_INTEGERS)
+    if not exact.all():
+        raise _refused(picked[int(np.argmin(exact))], name, f"integers for {datatype}")
+    return numbers.astype(np.int64) if all_floats else None
+
+
+def _first_not_json(items: list[bytes] | np.ndarray) -> int | None:
+    """The index of the first element that is not one JSON text (``orjson``'s grammar), or None.
+
+    The common case, all valid, is one pass in C (``deque(maxlen=0)`` drains ``map`` without keeping the
+    parsed values); only a failure looks again for the index.
+    """
+    try:
+        collections.deque(map(orjson.loads, items), maxlen=0)
+    except orjson.JSONDecodeError:
+        for index, item in enumerate(items):
+            try:
+                orjson.loads(item)
+            except orjson.JSONDecodeError:
+                return index
+    return None
 
 
 def _is_base64(item: str) -> bool:
