@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# --server-name triton: Triton's example clients check that name (docs/triton_examples.md runs them against this).
 run: $(STAMP)
-	$(VENV)/bin/v2server --model-repository model_repository $(ARGS)
+	$(VENV)/bin/v2server --model-repository model_repository --server-name triton $(ARGS)
 
 test: $(STAMP) tools interop-envs
 	$(PY) -m pytest -q $(ARGS)

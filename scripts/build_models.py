@@ -27,6 +27,15 @@ Models:
   travels as one BYTES element holding a JSON object.
 * ``sentiment``: a tiny deterministic text classifier (embedding, mean-pool under ``attention_mask``, linear)
   from INT64 ``input_ids`` and ``attention_mask`` ``[-1]`` to two FP32 ``logits``, ``max_batch_size: 8``.
+* ``simple_sequence``, ``simple_dyna_sequence``, ``simple_string_dyna_sequence``: Triton's sequence models,
+  with ``sequence_batching`` (``direct``; ``oldest`` with a UINT64 CORRID; ``oldest`` with a string CORRID and an
+  implicit state accumulating ``INPUT``), as ``simple_*_sequence_*_client.py`` (and ``--dyna``) check them.
+* ``sentiment_labelled``: ``sentiment`` (the same weights) with its classes labelled ``negative`` and
+  ``positive`` (``label_filename: "labels.txt"``), for Triton's classification extension (``class_count``).
+* ``repeat_int32``: Triton's decoupled example: over ``ModelStreamInfer``, one response per element of ``IN``
+  (``OUT = IN[i]``, ``IDX = i``), ``DELAY[i]`` ms apart; unary inference is refused, as Triton does.
+* ``custom_identity_int32``: Triton's ``custom_identity_int32`` (INT32 ``[-1]`` identity, ``max_batch_size:
+  1024``), used by ``memory_growth_test.py``.
 """
 
 from __future__ import annotations
@@ -128,6 +137,74 @@ class Sentiment(nn.Module):
         return self.classifier(pooled)
 
 
+class Repeat(nn.Module):
+    """Triton's ``repeat_int32`` as a decoupled model: one response per element of ``IN``, carrying
+    ``OUT = IN[i]`` and ``IDX = i``. Outputs have a leading response dimension (``[n, 1]``: n responses of
+    ``[1]``); ``DELAY`` paces them (config ``response_delay_input``); ``WAIT`` is accepted and unused."""
+
+    def forward(self, IN: Tensor, DELAY: Tensor, WAIT: Tensor) -> Tuple[Tensor, Tensor]:  # noqa: N803 (config names)
+        if IN.shape != DELAY.shape:
+            raise ValueError("expected IN and DELAY shape to match")
+        count = IN.shape[0]
+        return IN.reshape(count, 1), torch.arange(count, dtype=torch.int64).to(torch.uint32).reshape(count, 1)
+
+
+class IdentityInt32(nn.Module):
+    """Triton's ``custom_identity_int32``: returns its input."""
+
+    def forward(self, INPUT0: Tensor) -> Tensor:  # noqa: N803 (config names)
+        return INPUT0
+
+
+class SimpleSequence(nn.Module):
+    """Triton's ``simple_sequence``: ``OUTPUT = READY * (INPUT + START)``. Stateless: the server's START and READY
+    control inputs (``direct`` strategy) carry what the example clients check."""
+
+    def forward(self, INPUT: Tensor, START: Tensor, READY: Tensor) -> Tensor:  # noqa: N803 (config names)
+        return READY * (INPUT + START)
+
+
+class SimpleDynaSequence(nn.Module):
+    """Triton's ``simple_dyna_sequence``: ``OUTPUT = READY * (INPUT + START + END * int32(CORRID))`` (``oldest``
+    strategy, UINT64 correlation id)."""
+
+    def forward(  # noqa: N803 (config names)
+        self, INPUT: Tensor, START: Tensor, END: Tensor, READY: Tensor, CORRID: Tensor
+    ) -> Tensor:
+        return READY * (INPUT + START + END * CORRID.to(torch.int32))
+
+
+class SimpleStringDynaSequence(nn.Module):
+    """Triton's ``simple_string_dyna_sequence`` as an accumulator in implicit state: ``OUTPUT = INPUT_STATE +
+    INPUT``, plus the decimal string correlation id on the END request (0 for an id that is not decimal);
+    ``OUTPUT_STATE = OUTPUT`` is what the server feeds back as ``INPUT_STATE`` (zero at START)."""
+
+    def forward(  # noqa: N803 (config names)
+        self, INPUT: Tensor, START: Tensor, END: Tensor, READY: Tensor, CORRID: List[str], INPUT_STATE: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        ids: List[int] = []
+        for value in CORRID:
+            ids.append(int(value) if value.isdigit() else 0)
+        corrid = torch.tensor(ids, dtype=torch.int32).reshape(INPUT.shape)
+        output = READY * (INPUT_STATE + INPUT + END * corrid)
+        return output, output
+
+
+def _controls(*controls: str) -> str:
+    """``control_input`` entries: ``NAME`` for an int32 [0, 1] control of kind CONTROL_SEQUENCE_NAME, or
+    ``NAME:TYPE`` for a CORRID of that datatype."""
+    entries = []
+    for control in controls:
+        name, _, data_type = control.partition(":")
+        setting = f"data_type: {data_type}" if data_type else "int32_false_true: [ 0, 1 ]"
+        kind = "CORRID" if data_type else name
+        entries.append(f'    {{ name: "{name}" control [ {{ kind: CONTROL_SEQUENCE_{kind} {setting} }} ] }}')
+    return "  control_input [\n" + ",\n".join(entries) + "\n  ]"
+
+
+_OLDEST = "  oldest {\n    max_candidate_sequences: 1024\n    max_queue_delay_microseconds: 10000\n  }"
+
+
 def doubler(foo: int) -> int:
     """Twice ``foo``."""
     return 2 * foo
@@ -155,6 +232,8 @@ class TensorSpec:
     name: str
     data_type: str
     dims: tuple[int, ...]
+    label_filename: str = ""
+    """An output's classification labels file (in the model's folder; ``ModelSpec.files`` writes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +250,8 @@ class ModelSpec:
     """``# comment`` lines at the top of the config."""
     extra: tuple[str, ...] = ()
     """Further top-level text-format fields, written verbatim between the outputs and the instance group."""
+    files: tuple[tuple[str, str], ...] = ()
+    """Further files of the model's folder, as (name, text): an output's labels."""
 
 
 def _pair(data_type: str, dims: tuple[int, ...]) -> tuple[TensorSpec, ...]:
@@ -252,11 +333,91 @@ MODELS: tuple[ModelSpec, ...] = (
         outputs=_SCALAR_OUT,
     ),
     ModelSpec(
+        name="simple_sequence",
+        build=lambda: torch.jit.script(SimpleSequence()),
+        max_batch_size=8,
+        inputs=(TensorSpec("INPUT", "TYPE_INT32", (1,)),),
+        outputs=(TensorSpec("OUTPUT", "TYPE_INT32", (1,)),),
+        comments=("the server fills START and READY (direct strategy: one batch row per sequence slot)",),
+        extra=(
+            "sequence_batching {\n  max_sequence_idle_microseconds: 5000000\n"
+            + _controls("START", "READY") + "\n}",
+        ),
+    ),
+    ModelSpec(
+        name="simple_dyna_sequence",
+        build=lambda: torch.jit.script(SimpleDynaSequence()),
+        max_batch_size=8,
+        inputs=(TensorSpec("INPUT", "TYPE_INT32", (1,)),),
+        outputs=(TensorSpec("OUTPUT", "TYPE_INT32", (1,)),),
+        comments=("the server fills START, END, READY and CORRID (oldest strategy)",),
+        extra=(
+            "sequence_batching {\n  max_sequence_idle_microseconds: 5000000\n" + _OLDEST + "\n"
+            + _controls("START", "END", "READY", "CORRID:TYPE_UINT64") + "\n}",
+        ),
+    ),
+    ModelSpec(
+        name="simple_string_dyna_sequence",
+        build=lambda: torch.jit.script(SimpleStringDynaSequence()),
+        max_batch_size=8,
+        inputs=(TensorSpec("INPUT", "TYPE_INT32", (1,)),),
+        outputs=(TensorSpec("OUTPUT", "TYPE_INT32", (1,)),),
+        comments=(
+            "the server fills START, END, READY and the string CORRID, and keeps the running sum as implicit",
+            "state: OUTPUT_STATE of one request is INPUT_STATE of the next (zero at START)",
+        ),
+        extra=(
+            "sequence_batching {\n  max_sequence_idle_microseconds: 5000000\n" + _OLDEST + "\n"
+            + _controls("START", "END", "READY", "CORRID:TYPE_STRING") + "\n"
+            "  state [\n    {\n"
+            '      input_name: "INPUT_STATE"\n      output_name: "OUTPUT_STATE"\n'
+            "      data_type: TYPE_INT32\n      dims: [ 1 ]\n"
+            '      initial_state: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true name: "zero" }\n'
+            "    }\n  ]\n}",
+        ),
+    ),
+    ModelSpec(
         name="sentiment",
         build=lambda: torch.jit.script(Sentiment().eval()),
         max_batch_size=8,
         inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1,)), TensorSpec("attention_mask", "TYPE_INT64", (-1,))),
         outputs=(TensorSpec("logits", "TYPE_FP32", (2,)),),
+    ),
+    ModelSpec(
+        name="sentiment_labelled",
+        build=lambda: torch.jit.script(Sentiment().eval()),
+        max_batch_size=8,
+        inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1,)), TensorSpec("attention_mask", "TYPE_INT64", (-1,))),
+        outputs=(TensorSpec("logits", "TYPE_FP32", (2,), label_filename="labels.txt"),),
+        comments=("sentiment with labelled classes: ask for logits with classification (class_count) to get",
+                  '"score:index:label" strings, e.g. "0.412345:1:positive".'),
+        files=(("labels.txt", "negative\npositive\n"),),
+    ),
+    ModelSpec(
+        name="repeat_int32",
+        build=lambda: torch.jit.script(Repeat()),
+        max_batch_size=0,
+        inputs=(
+            TensorSpec("IN", "TYPE_INT32", (-1,)),
+            TensorSpec("DELAY", "TYPE_UINT32", (-1,)),
+            TensorSpec("WAIT", "TYPE_UINT32", (1,)),
+        ),
+        outputs=(TensorSpec("OUT", "TYPE_INT32", (1,)), TensorSpec("IDX", "TYPE_UINT32", (1,))),
+        comments=(
+            "decoupled: one response per element of IN, sent over ModelStreamInfer only; forward returns",
+            "OUT and IDX with a leading response dimension ([n, 1]), and DELAY[i] ms pass before response i.",
+        ),
+        extra=(
+            "model_transaction_policy {\n  decoupled: true\n}",
+            'parameters {\n  key: "response_delay_input"\n  value: { string_value: "DELAY" }\n}',
+        ),
+    ),
+    ModelSpec(
+        name="custom_identity_int32",
+        build=lambda: torch.jit.script(IdentityInt32()),
+        max_batch_size=1024,
+        inputs=(TensorSpec("INPUT0", "TYPE_INT32", (-1,)),),
+        outputs=(TensorSpec("OUTPUT0", "TYPE_INT32", (-1,)),),
     ),
 )
 
@@ -267,7 +428,8 @@ def _render_tensors(field_name: str, tensors: Sequence[TensorSpec]) -> str:
         f'    name: "{t.name}"\n'
         f"    data_type: {t.data_type}\n"
         f"    dims: [ {', '.join(str(d) for d in t.dims)} ]\n"
-        "  }"
+        + (f'    label_filename: "{t.label_filename}"\n' if t.label_filename else "")
+        + "  }"
         for t in tensors
     )
     return f"{field_name} [\n{entries}\n]"
@@ -305,6 +467,8 @@ def build_model(spec: ModelSpec, repository: Path) -> Path:
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(render_config(spec), encoding="utf-8")
+    for file_name, text in spec.files:
+        (model_dir / file_name).write_text(text, encoding="utf-8")
     torch.manual_seed(SEED)
     scripted = spec.build()
     torch.jit.save(scripted, str(version_dir / "model.pt"))

@@ -6,6 +6,7 @@ once at start). Health routes and RPCs stay open so Kubernetes probes need no se
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -70,6 +71,16 @@ class ApiKeys:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
             raise Unauthenticated("invalid API key")
+
+    def owner(self, authorization: str | None) -> str:
+        """Who owns what a request with ``authorization`` creates (an asynchronous job): the SHA-256 of its key
+        (already checked), so a job is shown only to the key that made it; "" when no keys are configured."""
+        if not self._keys or not authorization:
+            return ""
+        value = authorization.strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        return hashlib.sha256(value.encode()).hexdigest()
 
     def announce(self) -> None:
         if self._keys:

@@ -16,7 +16,7 @@ from typing import Any
 
 from v2server.auth import read_keys
 from v2server.errors import V2Error
-from v2server.settings import GROUPS, OPTIONS, Option, Settings
+from v2server.settings import GROUPS, OPTIONS, TRACE_LEVELS, Option, Settings, TraceConfig
 from v2server.statistics import DEFAULT_BUCKETS_US, parse_buckets
 
 __all__ = ["FLAG_TABLE_BEGIN", "FLAG_TABLE_END", "flag_table_markdown", "main", "option_values", "parse_settings",
@@ -40,9 +40,6 @@ IGNORED_TRITON_FLAGS = (
     "grpc-max-response-pool-size",
     "host-policy",
     "http-thread-count",
-    "log-error",
-    "log-info",
-    "log-warning",
     "metrics-interval-ms",
     "min-supported-compute-capability",
     "model-load-retry-count",
@@ -209,6 +206,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         "model_repositories": repositories,
         "single_models": single_models,
         "latency_buckets_us": _buckets(parser, values["metrics_config"]),
+        "trace": _trace_config(parser, values["trace_config"]),
         "api_keys": api_keys,
         "grpc_use_ssl": values["grpc_use_ssl"] or values["grpc_use_ssl_mutual"],
     })
@@ -236,6 +234,62 @@ def _buckets(parser: argparse.ArgumentParser, metrics_config: Sequence[str]) -> 
         else:
             log.warning("ignoring unsupported --metrics-config %s", item)
     return buckets
+
+
+def _trace_config(parser: argparse.ArgumentParser, items: Sequence[str]) -> TraceConfig:
+    """Triton's ``--trace-config [MODE,]SETTING=VALUE`` flags as one ``TraceConfig``; a bad one stops the start."""
+    fields: dict[str, Any] = {}
+    levels: list[str] = []
+    resource: list[tuple[str, str]] = []
+    for item in items:
+        def fail(why: str, item: str = item) -> None:
+            parser.error(f"--trace-config {item}: {why}")
+
+        mode, _, setting = item.partition(",") if "," in item else ("", "", item)
+        key, equals, value = setting.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals:
+            fail("expected [MODE,]SETTING=VALUE")
+        if mode not in ("", "triton", "opentelemetry"):
+            fail(f"unknown trace mode '{mode}' (triton, opentelemetry)")
+        known = {"": ("rate", "level", "count", "mode"), "triton": ("file", "log-frequency"),
+                 "opentelemetry": ("url", "resource")}[mode]
+        if key not in known:
+            if mode == "opentelemetry" and key.startswith("bsp_"):
+                log.warning("ignoring --trace-config %s: the batch span processor keeps its defaults", item)
+                continue
+            fail(f"unknown setting '{key}' ({', '.join(known)})")
+        if key == "level":
+            if value.upper() == "OFF":
+                levels.clear()
+            elif value.upper() in TRACE_LEVELS:
+                levels.append(value.upper())
+            else:
+                fail("level must be OFF, TIMESTAMPS or TENSORS")
+        elif key == "mode":
+            if value not in ("triton", "opentelemetry"):
+                fail("mode must be triton or opentelemetry")
+            fields["mode"] = value
+        elif key in ("rate", "count", "log-frequency"):
+            lowest = {"rate": 1, "count": -1, "log-frequency": 0}[key]
+            try:
+                number = int(value)
+            except ValueError:
+                number = lowest - 1
+            if not lowest <= number <= 2**31 - 1:
+                fail(f"{key} must be an integer >= {lowest}")
+            fields[key.replace("-", "_")] = number
+        elif key == "resource":
+            name, has_value, attribute = value.partition("=")
+            if not name or not has_value:
+                fail("resource must be KEY=VALUE")
+            resource.append((name, attribute))
+        else:  # file, url
+            fields[key] = value
+    config = TraceConfig(level=tuple(dict.fromkeys(levels)), resource=tuple(resource), **fields)
+    if config.level and config.mode == "triton" and not config.file:
+        parser.error("--trace-config level=... in triton mode needs --trace-config triton,file=PATH")
+    return config
 
 
 def _check_tls(parser: argparse.ArgumentParser, settings: Settings, gateway: bool) -> None:
@@ -313,11 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``v2server`` command."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
-    if settings.log_verbose > 0:
-        logging.getLogger().setLevel(logging.DEBUG)
-    else:
-        # Tornado's own line per request costs more than the request itself; --log-requests is the access log.
-        logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # The log settings from here on (levels, format, --log-file); Tornado's own line per request (it costs more
+    # than the request itself) only at --log-verbose > 0: --log-requests is the access log.
+    from v2server.log_settings import configure_logging
+
+    try:
+        configure_logging(settings)
+    except OSError as exc:
+        log.error("--log-file %s: %s", settings.log_file, exc.strerror)
+        return 1
 
     from v2server.server import run  # imported late: torch takes a while, and --help should not wait
 

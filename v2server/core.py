@@ -37,6 +37,13 @@ class InferenceReport:
             never ran (it failed validation or execution).
         queue_ns: time spent queued for a batch.
         compute_ns: input, inference and output time of the execution.
+        start_ns: when the core began the request (``time.perf_counter_ns``; 0 when no observer was
+            subscribed then); Triton's REQUEST_START.
+        end_ns: when it ended (REQUEST_END).
+        queue_start_ns: when it reached the model version's queue or instance (QUEUE_START; 0: never).
+        input_ns: the part of ``compute_ns`` spent preparing inputs (up to COMPUTE_INPUT_END).
+        output_ns: the part spent on outputs (from COMPUTE_OUTPUT_START).
+        response: the response, when it succeeded.
     """
 
     request_id: str
@@ -45,6 +52,12 @@ class InferenceReport:
     batch_size: int = 0
     queue_ns: int = 0
     compute_ns: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    queue_start_ns: int = 0
+    input_ns: int = 0
+    output_ns: int = 0
+    response: pb.ModelInferResponse | None = None
 
 
 class InferenceObserver(Protocol):
@@ -93,7 +106,7 @@ class InferenceCore(Protocol):
         self, request: pb.RepositoryModelUnloadRequest
     ) -> pb.RepositoryModelUnloadResponse: ...
 
-    # -- shared memory, trace and log settings (this server answers UNIMPLEMENTED)
+    # -- shared memory, trace and log settings
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest
     ) -> pb.SystemSharedMemoryStatusResponse: ...

@@ -19,17 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
+from v2server.classification import classify, classify_steps, requested_classes
 from v2server.core import InferenceObserver, InferenceReport
+from v2server.decoupled import (
+    FINAL_RESPONSE,
+    check_stream_request,
+    final_response,
+    is_decoupled,
+    refusal,
+    response_delays,
+    split_response,
+    split_steps,
+    wants_empty_final,
+)
 from v2server.errors import InvalidRequest, QueueFull, Unsupported, V2Error
 from v2server.handle import Execution, ModelHandle
-from v2server.offload import run_in_worker
 from v2server.inference import (
     OFFLOAD_STEPS,
     check_contents,
@@ -41,8 +54,24 @@ from v2server.inference import (
     requested_outputs,
     schedule_parameters,
 )
+from v2server.log_settings import LogControl, log_changes, log_response
+from v2server.offload import run_in_worker, run_sized
 from v2server.registry import ModelState, Registry
+from v2server.sequences import sequence_control
 from v2server.settings import ControlMode
+from v2server.shared_memory import (
+    CudaRegion,
+    RequestMemory,
+    SharedMemoryRegistry,
+    SystemRegion,
+    bind_request,
+    gpu_count,
+    read_inputs,
+    write_outputs,
+)
+from v2server.signature import Signature
+from v2server.tensors import Tensor
+from v2server.tracing import Tracer, trace_changes
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
@@ -54,20 +83,25 @@ _T = TypeVar("_T")
 DEFAULT_MAX_INFLIGHT_BYTES = 1 << 30
 DEFAULT_MAX_STREAM_PENDING = 64
 
-#: Protocol extensions this server really implements; each issue that lands one adds it here.
+#: Protocol extensions this server really implements (ServerMetadata's list; the tests read it from here).
+#: One that is not here answers 501 / UNIMPLEMENTED naming it (Triton's ``generate`` REST routes;
+#: docs/protocol.md#extensions), except CUDA shared memory without a usable GPU, which the issue asks to
+#: refuse with INVALID_ARGUMENT / 400 "this server has no GPU".
 EXTENSIONS: tuple[str, ...] = (
     "binary_tensor_data",
+    "classification",
+    *(("cuda_shared_memory",) if gpu_count() else ()),
+    "logging",
     "model_configuration",
     "model_repository",
     "model_repository(unload_dependents)",
     "parameters",
     "schedule_policy",
+    "sequence",
     "statistics",
+    "system_shared_memory",
+    "trace",
 )
-
-
-def _unimplemented(rpc: str) -> Unsupported:
-    return Unsupported(f"{rpc} is not implemented by this server yet")
 
 
 class DataPlane:
@@ -82,8 +116,16 @@ class DataPlane:
         *,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         max_stream_pending: int = DEFAULT_MAX_STREAM_PENDING,
+        shared_memory: SharedMemoryRegistry | None = None,
+        tracer: Tracer | None = None,
+        logs: LogControl | None = None,
     ) -> None:
         self._registry = registry
+        #: request tracing and the log settings (Triton's trace and logging extensions)
+        self._tracer = tracer if tracer is not None else Tracer()
+        self._logs = logs if logs is not None else LogControl()
+        #: the shared-memory regions clients registered (v2server/shared_memory/)
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self._server_name = server_name
         self._strict_readiness = strict_readiness
         self._control_mode = control_mode
@@ -92,6 +134,8 @@ class DataPlane:
         self._max_inflight_bytes = max_inflight_bytes
         self._inflight_bytes = 0
         self._max_stream_pending = max_stream_pending
+        if self._tracer.active:
+            self.observe(self._tracer)
 
     @property
     def inflight_bytes(self) -> int:
@@ -175,13 +219,21 @@ class DataPlane:
         the in-flight bytes are reserved until the request ends; a large decode or encode runs in a worker
         thread."""
         handle = self._registry.get(request.model_name, request.model_version)
+        if is_decoupled(handle.config):
+            raise refusal(handle.name)  # its responses need a stream (ModelStreamInfer)
+        return await self._observed(handle, request)
+
+    async def _observed(self, handle: ModelHandle, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """``_infer``, reported to the observers whether it succeeded or not."""
         ran: list[Execution] = []
+        started = time.perf_counter_ns() if self._observers else 0  # request traces begin here
+        response: pb.ModelInferResponse | None = None
         try:
-            return await self._infer(handle, request, ran)
+            response = await self._infer(handle, request, ran)
+            return response
         finally:
             if self._observers:
-                times = (ran[0].batch_size, ran[0].queue_ns, ran[0].compute_ns) if ran else (0, 0, 0)
-                report = InferenceReport(request.id, handle.name, str(handle.version), *times)
+                report = _report(request, handle, ran, started, response)
                 for observer in self._observers:
                     observer.inferred(request, report)
 
@@ -194,18 +246,36 @@ class DataPlane:
             await _offload(len(raw[0]) // 4, complete_raw_binary, request, signature, raw[0])
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
+        classes = requested_classes(request, signature)  # Triton's classification extension, usually none
         priority, timeout_us = schedule_parameters(request)
+        sequence = sequence_control(request)
         sizes = check_contents(request, raw)
-        with self._holding(sizes.nbytes):
-            inputs = await _offload(sizes.steps, decode_inputs, request, raw)
+        with self._holding(sizes.nbytes), self._leasing(request, signature, batch_size) as memory:
+            inputs = await _offload(sizes.steps, decode_inputs, request, raw, await _read_regions(memory, request))
             del raw  # the tensors hold what they need
-            execution = await handle.execute(inputs, outputs, batch_size, priority, timeout_us)
+            execution = await handle.execute(inputs, outputs, batch_size, priority, timeout_us, sequence)
             ran.append(execution)
+            if classes:
+                execution = await _classified(execution, classes, handle)
             del inputs
+            written = await _write_regions(memory, execution.outputs)
             return await _offload(
                 encode_steps(execution.outputs),
-                encode_response, request, handle.name, handle.version, execution.outputs,
+                encode_response, request, handle.name, handle.version, execution.outputs, written,
             )
+
+    @contextlib.contextmanager
+    def _leasing(
+        self, request: pb.ModelInferRequest, signature: Signature, batch_size: int
+    ) -> Iterator[RequestMemory | None]:
+        """The shared-memory regions ``request`` names, checked and leased while the block runs (None: it names
+        none), so that unregistering one meanwhile never takes memory from under it."""
+        memory = bind_request(self.shared_memory, request, signature, batch_size)
+        try:
+            yield memory
+        finally:
+            if memory is not None:
+                memory.release()
 
     @contextlib.contextmanager
     def _holding(self, nbytes: int) -> Iterator[None]:
@@ -225,11 +295,14 @@ class DataPlane:
     async def ModelStreamInfer(
         self, requests: AsyncIterable[pb.ModelInferRequest]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request, as each completes; a failure is an ``error_message`` and the stream goes on.
+        """The responses to each request, as they complete; a failure is an ``error_message`` and the stream
+        goes on. A model answers one response per request, a decoupled one any number (``decoupled.py``).
 
         Requests run concurrently, except that requests of one sequence (``sequence_id``) run in order.
         """
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # (response or None, the request's last, set once the transport took it); None ends the stream
+        responses: asyncio.Queue[tuple[pb.ModelStreamInferResponse | None, bool, asyncio.Event | None] | None]
+        responses = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         sequences: dict[str, asyncio.Task[None]] = {}
         # a permit per unanswered request: past the limit the stream reads nothing more, so gRPC stops taking
@@ -239,7 +312,11 @@ class DataPlane:
         async def answer(request: pb.ModelInferRequest, after: asyncio.Task[None] | None) -> None:
             if after is not None:
                 await asyncio.wait([after])
-            responses.put_nowait(await self._stream_response(request))
+            async for response, last in self._stream_responses(request):
+                taken = None if last else asyncio.Event()
+                responses.put_nowait((response, last, taken))
+                if taken is not None:  # a decoupled request makes its next response once this one left
+                    await taken.wait()
 
         async def read() -> None:
             try:
@@ -264,25 +341,55 @@ class DataPlane:
 
         reader = asyncio.create_task(read())
         try:
-            while (response := await responses.get()) is not None:
-                yield response  # resumed once the transport took it (a write waits for flow control)
-                pending.release()
+            while (item := await responses.get()) is not None:
+                response, last, taken = item
+                if response is not None:
+                    yield response  # resumed once the transport took it (a write waits for flow control)
+                if taken is not None:
+                    taken.set()
+                if last:
+                    pending.release()
             await reader
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_response(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_responses(
+        self, request: pb.ModelInferRequest
+    ) -> AsyncIterator[tuple[pb.ModelStreamInferResponse | None, bool]]:
+        """A stream's answers to one request, each with whether it is the request's last; the last may be None
+        (a decoupled request that ends without the empty final response it did not ask for). Never raises."""
         try:
-            response = await self.ModelInfer(request)
+            handle = self._registry.get(request.model_name, request.model_version)
+            decoupled = is_decoupled(handle.config)
+            if decoupled:
+                check_stream_request(request, handle.name)
+            response = await self._observed(handle, request)
+            answers = [response]
+            if decoupled:
+                answers = await _offload(split_steps(response), split_response, response, handle.signature)
+                delays = response_delays(request, handle.config, len(answers))
         except V2Error as exc:
-            return pb.ModelStreamInferResponse(error_message=exc.message)
+            yield pb.ModelStreamInferResponse(error_message=exc.message), True
+            return
         except Exception as exc:
             log.exception("inference on model '%s' failed", request.model_name)
-            return pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
-        response.parameters["triton_final_response"].bool_param = True
-        return pb.ModelStreamInferResponse(infer_response=response)
+            yield pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"), True
+            return
+        if not decoupled:
+            response.parameters[FINAL_RESPONSE].bool_param = True
+            yield pb.ModelStreamInferResponse(infer_response=response), True
+            return
+        for part, delay in zip(answers, delays, strict=True):
+            if delay:
+                await asyncio.sleep(delay)
+            part.parameters[FINAL_RESPONSE].bool_param = False
+            yield pb.ModelStreamInferResponse(infer_response=part), False
+        if wants_empty_final(request):
+            yield final_response(handle.name, str(handle.version), response.id), True
+        else:
+            yield None, True  # Triton sends the completion flag alone only to those who ask for it
 
     # -- repository ----------------------------------------------------------------------------------------
 
@@ -355,43 +462,96 @@ class DataPlane:
     async def delete_model_alias(self, name: str, alias: str) -> dict[str, int]:
         return await self._registry.delete_alias(name, alias)
 
-    # -- not implemented: shared memory, trace and log settings ---------------------------------------------
+    # -- shared memory (v2server/shared_memory/): regions of both kinds share one namespace, as in Triton --------
 
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest
     ) -> pb.SystemSharedMemoryStatusResponse:
-        raise _unimplemented("SystemSharedMemoryStatus")
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = self.shared_memory.status("system", request.name)
+        return pb.SystemSharedMemoryStatusResponse(regions={
+            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in regions if isinstance(r, SystemRegion)
+        })
 
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        raise _unimplemented("SystemSharedMemoryRegister")
+        """Map a client's ``/dev/shm`` segment (a few system calls: inline)."""
+        self.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest
     ) -> pb.SystemSharedMemoryUnregisterResponse:
-        raise _unimplemented("SystemSharedMemoryUnregister")
+        """One region, or all system regions when no name is given; an unknown name is no error (Triton)."""
+        self.shared_memory.unregister("system", request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(
         self, request: pb.CudaSharedMemoryStatusRequest
     ) -> pb.CudaSharedMemoryStatusResponse:
-        raise _unimplemented("CudaSharedMemoryStatus")
+        status = pb.CudaSharedMemoryStatusResponse.RegionStatus
+        regions = self.shared_memory.status("cuda", request.name)
+        return pb.CudaSharedMemoryStatusResponse(regions={
+            r.name: status(name=r.name, device_id=r.device_id, byte_size=r.byte_size)
+            for r in regions if isinstance(r, CudaRegion)
+        })
 
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest
     ) -> pb.CudaSharedMemoryRegisterResponse:
-        raise _unimplemented("CudaSharedMemoryRegister")
+        """Open a ``cudaIpcMemHandle_t`` (blocking CUDA calls: in a worker thread); no GPU: INVALID_ARGUMENT."""
+        await run_in_worker(
+            self.shared_memory.register_cuda, request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
 
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest
     ) -> pb.CudaSharedMemoryUnregisterResponse:
-        raise _unimplemented("CudaSharedMemoryUnregister")
+        """Closing a handle synchronises its device, so it runs in a worker thread; works without a GPU."""
+        await run_in_worker(self.shared_memory.unregister, "cuda", request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    # -- trace and log settings (tracing.py, log_settings.py) -------------------------------------------------
 
     async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
-        raise _unimplemented("TraceSetting")
+        """Read (no settings given) or change the global trace setting or a model's (``model_name``); answers
+        the setting in force afterwards. The tracer hears of inferences from the first time tracing is on."""
+        if request.model_name:
+            self._registry.get(request.model_name)  # an unknown model is NOT_FOUND, as for any other call
+        if request.settings:
+            self._tracer.update(request.model_name, trace_changes(request))
+            if self._tracer.active:
+                self.observe(self._tracer)
+        response = pb.TraceSettingResponse()
+        for name, values in self._tracer.settings(request.model_name).items():
+            response.settings[name].value.extend(values)
+        return response
 
     async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
-        raise _unimplemented("LogSettings")
+        """Read or change the log settings, which apply at once; answers those in force afterwards."""
+        changes = log_changes(request)
+        state = self._logs.update(changes) if changes else self._logs.state
+        return log_response(state)
+
+
+async def _read_regions(memory: RequestMemory | None, request: pb.ModelInferRequest) -> dict[str, Tensor] | None:
+    """The inputs ``request`` keeps in shared memory (views of system regions; copies from CUDA regions, in a
+    worker thread), or None when it keeps none there."""
+    if memory is None or not memory.inputs:
+        return None
+    return await _offload(memory.read_steps(request), read_inputs, memory, request)
+
+
+async def _write_regions(memory: RequestMemory | None, outputs: list[Tensor]) -> frozenset[str]:
+    """Copy the outputs asked into shared memory there (a large copy, or any to a device, in a worker thread);
+    returns their names (the response carries no data for them)."""
+    if memory is None or not memory.outputs:
+        return frozenset()
+    await run_sized(memory.write_size(outputs), write_outputs, memory, outputs)
+    return frozenset(memory.outputs)
 
 
 async def _offload(steps: int, function: Callable[..., _T], *args: object) -> _T:
@@ -400,6 +560,35 @@ async def _offload(steps: int, function: Callable[..., _T], *args: object) -> _T
     if steps > OFFLOAD_STEPS:
         return await run_in_worker(function, *args)
     return function(*args)
+
+
+def _report(
+    request: pb.ModelInferRequest,
+    handle: ModelHandle,
+    ran: list[Execution],
+    started: int,
+    response: pb.ModelInferResponse | None,
+) -> InferenceReport:
+    """What the observers hear of one request (``ran``: its execution, if it got that far)."""
+    if not ran:
+        return InferenceReport(
+            request.id, handle.name, str(handle.version), start_ns=started, end_ns=time.perf_counter_ns()
+        )
+    execution = ran[0]
+    return InferenceReport(
+        request.id, handle.name, str(handle.version), execution.batch_size, execution.queue_ns,
+        execution.compute_ns, started, time.perf_counter_ns(), execution.started_ns, execution.input_ns,
+        execution.output_ns, response,
+    )
+
+
+async def _classified(execution: Execution, classes: dict[str, int], handle: ModelHandle) -> Execution:
+    """``execution`` with the outputs asked for with ``classification`` replaced by their top-k strings."""
+    outputs = await _offload(
+        classify_steps(execution.outputs, classes),
+        classify, execution.outputs, classes, handle.labels, handle.signature.max_batch_size > 0,
+    )
+    return dataclasses.replace(execution, outputs=outputs)
 
 
 def _forget(sequences: dict[str, asyncio.Task[None]], key: str, done: asyncio.Task[None]) -> None:

@@ -7,14 +7,17 @@ HTTP status from it with Triton's mapping, so REST and gRPC always agree on what
     V2Error                      INTERNAL           500
     ├── InvalidRequest           INVALID_ARGUMENT   400
     ├── ModelNotFound            NOT_FOUND          404
+    ├── NotFound                 NOT_FOUND          404  (anything else a request names: a shared-memory region)
     ├── ModelNotReady            UNAVAILABLE        503
     ├── ServerNotReady           UNAVAILABLE        503
     ├── QueueFull                UNAVAILABLE        503
+    ├── StoreUnavailable         UNAVAILABLE        503  (the results store: full, or S3 failing)
     ├── DeadlineExceeded         DEADLINE_EXCEEDED  504
     ├── Unauthenticated          UNAUTHENTICATED    401
     ├── Unsupported              UNIMPLEMENTED      501
     ├── AlreadyExists            ALREADY_EXISTS     400
     ├── PayloadTooLarge          RESOURCE_EXHAUSTED 413
+    ├── NotWritable              FAILED_PRECONDITION 409 (state that cannot be saved: a read-only repository)
     ├── InferenceFailed          INTERNAL           500
     └── ModelLoadError           INTERNAL           500  (a model that could not be loaded)
 """
@@ -33,9 +36,12 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "ModelNotReady",
+    "NotFound",
+    "NotWritable",
     "PayloadTooLarge",
     "QueueFull",
     "ServerNotReady",
+    "StoreUnavailable",
     "Unauthenticated",
     "Unsupported",
     "V2Error",
@@ -61,6 +67,12 @@ class ModelNotFound(V2Error):
     grpc_code = grpc.StatusCode.NOT_FOUND
 
 
+class NotFound(V2Error):
+    """Something other than a model that a request names is unknown (a shared-memory region)."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
 class ModelNotReady(V2Error):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
@@ -70,6 +82,13 @@ class ServerNotReady(V2Error):
 
 
 class QueueFull(V2Error):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class StoreUnavailable(V2Error):
+    """The results store cannot take an answer now: it holds ``--results-max-bytes`` (until the sweeper frees
+    room), or S3 failed."""
+
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
@@ -91,6 +110,13 @@ class AlreadyExists(V2Error):
 
 class PayloadTooLarge(V2Error):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotWritable(V2Error):
+    """State the server must save (version aliases) cannot be written where it lives: a read-only repository
+    without ``--state-dir``, or a state folder that refuses the write. Nothing changed."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class InferenceFailed(V2Error):
@@ -117,6 +143,7 @@ _HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
 }
 
 

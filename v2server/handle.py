@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from v2server._proto import model_config_pb2 as mc
 from v2server.backends import ModelInstance, StageTimes
 from v2server.batching import DynamicBatcher
+from v2server.sequences import SequenceBatcher, SequenceControl, SequenceSpec
 from v2server.signature import Signature
 from v2server.statistics import DEFAULT_BUCKETS_US, VersionStatistics
 from v2server.tensors import Tensor
@@ -30,6 +31,11 @@ class Execution:
     batch_size: int
     queue_ns: int
     compute_ns: int
+    #: when it began (``time.perf_counter_ns``, Triton's QUEUE_START), and the compute time's input and output
+    #: stages (what request traces report)
+    started_ns: int = 0
+    input_ns: int = 0
+    output_ns: int = 0
 
 
 @dataclass(eq=False)
@@ -42,9 +48,12 @@ class ModelHandle:
     signature: Signature
     instances: list[ModelInstance] = field(default_factory=list)
     buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US
+    #: classification labels by output name (``label_filename``), read when the model loaded
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     inflight: int = 0
     stats: VersionStatistics = field(init=False)
     batcher: DynamicBatcher | None = field(init=False, default=None)
+    sequencer: SequenceBatcher | None = field(init=False, default=None)
     _drained: asyncio.Event | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +63,9 @@ class ModelHandle:
                 self.name, self.config.dynamic_batching, self.config.max_batch_size, self._run_batch,
                 concurrency=max(1, len(self.instances)),
             )
+        elif self.config.HasField("sequence_batching"):
+            spec = SequenceSpec.from_config(self.config)
+            self.sequencer = SequenceBatcher(spec, len(self.instances), self._run_on)
 
     async def execute(
         self,
@@ -62,22 +74,30 @@ class ModelHandle:
         batch_size: int,
         priority: int = 0,
         timeout_us: int = 0,
+        sequence: SequenceControl | None = None,
     ) -> Execution:
-        """Run one request (through the dynamic batcher when the config has one), counted for statistics
-        and so that an unload can wait for it."""
+        """Run one request (through the dynamic batcher or the sequence batcher when the config has one),
+        counted for statistics and so that an unload can wait for it. ``sequence`` (the request's sequence
+        parameters) matters only to a sequence-batched model, which needs it; others ignore it, as Triton does."""
         self.inflight += 1
         self.stats.request_started()
         start = time.perf_counter_ns()
         success, queue_ns, times = False, 0, _NO_TIMES
         try:
+            ran_in = batch_size
             if self.batcher is not None:
                 result = await self.batcher.submit(list(inputs), list(outputs), batch_size, priority, timeout_us)
-                tensors, queue_ns, times = result.outputs, result.queue_ns, result.info
+                tensors, queue_ns, times, ran_in = result.outputs, result.queue_ns, result.info, result.batch_size
+            elif self.sequencer is not None:
+                result = await self.sequencer.submit(sequence, list(inputs), list(outputs), batch_size)
+                tensors, queue_ns, times, ran_in = result.outputs, result.queue_ns, result.info, result.batch_size
             else:
                 tensors, times = await self._run_batch(list(inputs), list(outputs), batch_size)
             success = True
-            ran_in = result.batch_size if self.batcher is not None else batch_size
-            return Execution(tensors, ran_in, queue_ns, times.input_ns + times.infer_ns + times.output_ns)
+            return Execution(
+                tensors, ran_in, queue_ns, times.input_ns + times.infer_ns + times.output_ns,
+                start, times.input_ns, times.output_ns,
+            )
         finally:
             self.stats.request_finished(
                 success, batch_size, time.perf_counter_ns() - start, queue_ns,
@@ -96,6 +116,14 @@ class ModelHandle:
         self.stats.execution(batch_size, times.input_ns, times.infer_ns, times.output_ns)
         return tensors, times
 
+    async def _run_on(
+        self, index: int, inputs: list[Tensor], outputs: list[str], batch_size: int
+    ) -> tuple[list[Tensor], StageTimes]:
+        """One model execution on instance ``index`` (the sequence batcher's runner: a slot is on one instance)."""
+        tensors, times = await self.instances[index].execute_timed(inputs, outputs, batch_size)
+        self.stats.execution(batch_size, times.input_ns, times.infer_ns, times.output_ns)
+        return tensors, times
+
     async def drain_and_close(self) -> None:
         """Wait for in-flight requests, then release the batcher and the instances."""
         while self.inflight:
@@ -103,6 +131,8 @@ class ModelHandle:
             await self._drained.wait()
         if self.batcher is not None:
             await self.batcher.close()
+        if self.sequencer is not None:
+            await self.sequencer.close()
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:

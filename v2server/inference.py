@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.datatypes import DATATYPES
-from v2server.errors import InvalidRequest, Unsupported
+from v2server.errors import InvalidRequest, V2Error
+from v2server.shared_memory import SHM_PARAMETERS
 from v2server.signature import Signature
 from v2server.tensors import (
     Tensor,
@@ -112,7 +113,7 @@ def check_contents(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = 
     steps = nbytes = used = 0
     for tensor in request.inputs:
         if _SHM_PARAMETER in tensor.parameters:
-            raise Unsupported(f"input '{tensor.name}': shared memory inputs are not supported by this server")
+            continue  # read from its region (shared_memory.bind_request checks it): no raw entry, no contents
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidRequest(
@@ -137,17 +138,40 @@ def check_contents(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = 
     return InputSizes(steps, nbytes)
 
 
-def decode_inputs(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = None) -> list[Tensor]:
-    """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before).
+def decode_inputs(
+    request: pb.ModelInferRequest, raw: Sequence[bytes] | None = None, in_memory: Mapping[str, Tensor] | None = None
+) -> list[Tensor]:
+    """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before),
+    or, for those that name a shared-memory region, from ``in_memory`` (``shared_memory.read_inputs``).
 
     Every input's size is checked (``check_contents``) before any input is decoded. A large request takes
     ``check_contents(...).steps`` steps here, which the caller runs in a worker thread.
     """
     raw = list(request.raw_input_contents) if raw is None else raw
     check_contents(request, raw)
+    if in_memory is not None:
+        return _decode_beside_memory(request, raw, in_memory)
     if raw:
         return [from_raw(t.name, t.datatype, t.shape, data) for t, data in zip(request.inputs, raw, strict=True)]
     return [from_contents(t.name, t.datatype, t.shape, t.contents) for t in request.inputs]
+
+
+def _decode_beside_memory(
+    request: pb.ModelInferRequest, raw: Sequence[bytes], in_memory: Mapping[str, Tensor]
+) -> list[Tensor]:
+    """Inputs when some live in shared memory: raw entries are indexed over the other inputs only."""
+    entries = iter(raw)
+    tensors = []
+    for t in request.inputs:
+        if _SHM_PARAMETER in t.parameters:
+            if t.name not in in_memory:
+                raise V2Error(f"input '{t.name}' names a shared-memory region that was not read")
+            tensors.append(in_memory[t.name])
+        elif raw:
+            tensors.append(from_raw(t.name, t.datatype, t.shape, next(entries)))
+        else:
+            tensors.append(from_contents(t.name, t.datatype, t.shape, t.contents))
+    return tensors
 
 
 def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> list[str]:
@@ -163,9 +187,6 @@ def requested_outputs(request: pb.ModelInferRequest, signature: Signature) -> li
             )
         if output.name in names:
             raise InvalidRequest(f"output '{output.name}' is requested more than once")
-        for unsupported in (_SHM_PARAMETER, "classification"):
-            if unsupported in output.parameters:
-                raise Unsupported(f"output '{output.name}': '{unsupported}' is not supported by this server")
         names.append(output.name)
     return names
 
@@ -188,10 +209,15 @@ def response_id(request: pb.ModelInferRequest) -> str:
 
 
 def encode_response(
-    request: pb.ModelInferRequest, model_name: str, version: int, outputs: Sequence[Tensor]
+    request: pb.ModelInferRequest,
+    model_name: str,
+    version: int,
+    outputs: Sequence[Tensor],
+    in_memory: Collection[str] = (),
 ) -> pb.ModelInferResponse:
-    """The response with one raw entry per output, in order."""
-    return pb.ModelInferResponse(
+    """The response with one raw entry per output, in order. An output written to shared memory (named in
+    ``in_memory``) gets an empty entry, as from Triton, and the request's shared-memory parameters back."""
+    response = pb.ModelInferResponse(
         model_name=model_name,
         model_version=str(version),
         id=response_id(request),
@@ -199,8 +225,16 @@ def encode_response(
             pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype.name, shape=t.shape)
             for t in outputs
         ],
-        raw_output_contents=[to_raw(t) for t in outputs],
+        raw_output_contents=[b"" if t.name in in_memory else to_raw(t) for t in outputs],
     )
+    if in_memory:
+        asked = {output.name: output.parameters for output in request.outputs}
+        for output in response.outputs:
+            if output.name in in_memory:
+                for key in SHM_PARAMETERS:
+                    if key in asked[output.name]:
+                        output.parameters[key].CopyFrom(asked[output.name][key])
+    return response
 
 
 def schedule_parameters(request: pb.ModelInferRequest) -> tuple[int, int]:

@@ -21,9 +21,11 @@ from v2server.repository import (
     apply_override,
     complete_config,
     default_config,
+    read_labels,
     read_raw_config,
     select_versions,
 )
+from v2server.sequences import backend_signature
 from v2server.signature import Signature
 from v2server.statistics import DEFAULT_BUCKETS_US
 from v2server.warmup import run_warmup, warmup_requests
@@ -55,9 +57,11 @@ class ModelLoader:
             ModelLoadError: the config is unusable (no version is tried).
         """
         config, backend = await asyncio.to_thread(self.read_config, name, model_dir, config_override)
+        labels = await asyncio.to_thread(read_labels, config, model_dir)
         versions = select_versions(model_dir, config.version_policy)
         results = await asyncio.gather(
-            *(self._load_version(backend, name, model_dir, config, v) for v in versions), return_exceptions=True
+            *(self._load_version(backend, name, model_dir, config, v, labels) for v in versions),
+            return_exceptions=True,
         )
         handles: dict[int, ModelHandle] = {}
         failures: dict[int, str] = {}
@@ -91,23 +95,25 @@ class ModelLoader:
         return config, backend
 
     async def _load_version(
-        self, backend: ModelBackend, name: str, model_dir: Path, config: mc.ModelConfig, version: int
+        self, backend: ModelBackend, name: str, model_dir: Path, config: mc.ModelConfig, version: int,
+        labels: dict[str, tuple[str, ...]],
     ) -> ModelHandle:
         version_config = mc.ModelConfig()
         version_config.CopyFrom(config)
         devices = backend.devices(version_config)
         signature = Signature.from_config(version_config)
+        bound = backend_signature(version_config, signature)  # + a sequence model's control and state tensors
         path = model_dir / str(version) / version_config.default_model_filename
         parameters = {key: value.string_value for key, value in version_config.parameters.items()}
         results = await asyncio.gather(
             *(
-                asyncio.to_thread(backend.load, path, device, signature, f"{name}-v{version}-{i}-{device}", parameters)
+                asyncio.to_thread(backend.load, path, device, bound, f"{name}-v{version}-{i}-{device}", parameters)
                 for i, device in enumerate(devices)
             ),
             return_exceptions=True,
         )
         instances: list[ModelInstance] = [r for r in results if not isinstance(r, BaseException)]
-        handle = ModelHandle(name, version, version_config, signature, instances, self._buckets_us)
+        handle = ModelHandle(name, version, version_config, signature, instances, self._buckets_us, labels)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         try:
             if failure is not None:

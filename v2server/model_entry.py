@@ -11,9 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from v2server.errors import InvalidRequest, ModelNotFound, V2Error
+from v2server.errors import InvalidRequest, ModelNotFound
 from v2server.handle import ModelHandle
-from v2server.repository.aliases import check_alias_name, write_aliases
+from v2server.repository.aliases import AliasFiles, check_alias_name
 from v2server.repository.uploads import Upload
 
 __all__ = ["ModelEntry", "ModelState", "ModelStatus"]
@@ -63,7 +63,7 @@ class ModelEntry:
         states = {s.state.value for s in self.status}
         return "; ".join(reasons) or ", ".join(sorted(states)) or "not loaded"
 
-    # -- version aliases (persisted in <model>/aliases.json) ------------------------------------------------
+    # -- version aliases (persisted by AliasFiles: <model>/aliases.json or the --state-dir) ----------------
 
     def resolve_alias(self, alias: str) -> str:
         """The version ``alias`` points to now, as a version string for one request."""
@@ -76,8 +76,9 @@ class ModelEntry:
             )
         return str(version)
 
-    async def set_alias(self, alias: str, version: int) -> dict[str, int]:
-        """Point ``alias`` at a served ``version`` (saved before it takes effect); returns every alias."""
+    async def set_alias(self, alias: str, version: int, files: AliasFiles) -> dict[str, int]:
+        """Point ``alias`` at a served ``version`` (saved in ``files`` before it takes effect); returns every
+        alias. A save that cannot happen raises ``NotWritable`` and changes nothing."""
         check_alias_name(alias)
         async with self.lock:
             served = sorted(self.handles)
@@ -85,23 +86,18 @@ class ModelEntry:
                 raise InvalidRequest(
                     f"alias '{alias}': model '{self.name}' has no version {version} being served (serving {served})"
                 )
-            return await self._save_aliases({**self.aliases, alias: version})
+            return await self._save_aliases({**self.aliases, alias: version}, files)
 
-    async def delete_alias(self, alias: str) -> dict[str, int]:
+    async def delete_alias(self, alias: str, files: AliasFiles) -> dict[str, int]:
         """Remove ``alias``; returns the remaining aliases."""
         async with self.lock:
             aliases = dict(self.aliases)
             if aliases.pop(alias, None) is None:
                 raise ModelNotFound(f"model '{self.name}' has no alias '{alias}'")
-            return await self._save_aliases(aliases)
+            return await self._save_aliases(aliases, files)
 
-    async def _save_aliases(self, aliases: dict[str, int]) -> dict[str, int]:
-        if self.model_dir is not None:
-            try:
-                await asyncio.to_thread(write_aliases, self.model_dir, aliases)
-            except OSError as exc:  # a read-only repository (a Kubernetes volume, say) keeps the old aliases
-                raise V2Error(
-                    f"cannot save the aliases of model '{self.name}' in {self.model_dir}: {exc.strerror}"
-                ) from None
+    async def _save_aliases(self, aliases: dict[str, int], files: AliasFiles) -> dict[str, int]:
+        if self.model_dir is not None:  # NotWritable (409) when it cannot be saved: the old aliases stay
+            await asyncio.to_thread(files.write, self.name, self.model_dir, aliases)
         self.aliases = aliases
         return dict(sorted(aliases.items()))

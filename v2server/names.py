@@ -8,10 +8,11 @@ any other work on the request and name the rule that failed.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 from v2server.errors import InvalidRequest
 
-__all__ = ["MAX_NAME_BYTES", "check_file_name", "check_model_name", "check_relative_path"]
+__all__ = ["MAX_NAME_BYTES", "check_client_file", "check_file_name", "check_model_name", "check_relative_path"]
 
 #: Longest accepted name, in UTF-8 bytes (a file name's limit on common file systems).
 MAX_NAME_BYTES = 255
@@ -74,3 +75,32 @@ def check_relative_path(path: str, field: str, max_parts: int = 8) -> tuple[str,
                 f"{_shown(part)} {problem}"
             )
     return parts
+
+
+def check_client_file(path: str, folder: Path | None, field: str, flag: str = "--api-file-dir") -> Path:
+    """The file a client asks the server to write (a log or trace file over the settings APIs), resolved.
+
+    Only inside ``folder``, the one the operator allowed with ``flag`` (None: no client may choose a file): a
+    relative path is taken below it, component by component; an absolute one must lead into it once its links
+    are followed. ``InvalidRequest`` otherwise, naming ``field``.
+    """
+    if folder is None:
+        raise InvalidRequest(
+            f"{field}: this server does not let clients choose the files it writes; its operator can allow a "
+            f"folder for them with {flag}"
+        )
+    candidate = Path(path)
+    if candidate.is_absolute():
+        for part in candidate.parts[1:]:
+            problem = _problem(part)
+            if problem is not None:
+                raise InvalidRequest(
+                    f"{field}: {_shown(path)} is not a usable path: its component {_shown(part)} {problem}"
+                )
+    else:
+        candidate = folder.joinpath(*check_relative_path(path, field, max_parts=16))
+    allowed = folder.resolve()
+    resolved = candidate.resolve()
+    if resolved == allowed or not resolved.is_relative_to(allowed):
+        raise InvalidRequest(f"{field}: {_shown(path)} is not a file inside the folder {flag} allows ({folder})")
+    return resolved

@@ -19,7 +19,7 @@ from v2server.loading import ModelLoader
 from v2server.model_entry import ModelEntry, ModelState, ModelStatus
 from v2server.names import check_model_name
 from v2server.repository import discover_models, fingerprint
-from v2server.repository.aliases import read_aliases
+from v2server.repository.aliases import AliasFiles
 from v2server.repository.uploads import Upload, check_upload_paths, write_upload
 from v2server.statistics import DEFAULT_BUCKETS_US
 
@@ -40,10 +40,12 @@ class Registry:
         on_change: ChangeListener | None = None,
         latency_buckets_us: tuple[float, ...] = DEFAULT_BUCKETS_US,
         single_models: Mapping[str, Path] | None = None,
+        alias_files: AliasFiles | None = None,
     ) -> None:
         self._repositories = tuple(repositories)
         self._single_models = dict(single_models or {})  # KServe style: one model folder, named by a flag
         self._loader = ModelLoader(strict_model_config, latency_buckets_us, self._single_models)
+        self._alias_files = alias_files or AliasFiles()  # where version aliases are saved (--state-dir or not)
         self.on_change = on_change
         #: one entry per name that is or was loaded (or asked for at start); never for a refused name
         self._entries: dict[str, ModelEntry] = {}
@@ -128,11 +130,11 @@ class Registry:
 
     async def set_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
         """Point ``alias`` at a served ``version``; returns every alias."""
-        return await self._served(name).set_alias(alias, version)
+        return await self._served(name).set_alias(alias, version, self._alias_files)
 
     async def delete_alias(self, name: str, alias: str) -> dict[str, int]:
         """Remove ``alias``; returns the remaining aliases."""
-        return await self._served(name).delete_alias(alias)
+        return await self._served(name).delete_alias(alias, self._alias_files)
 
     def _served(self, name: str) -> ModelEntry:
         self.get(name)
@@ -177,7 +179,12 @@ class Registry:
         """
         check_model_name(name)
         if files:
-            check_upload_paths(list(files))
+            try:
+                check_upload_paths(list(files))
+            except InvalidRequest as exc:  # Triton's words for it (as INTERNAL there), then what is wrong
+                raise InvalidRequest(
+                    f"failed to load '{name}': failed to poll from model repository: {exc.message}"
+                ) from None
         if not files and name not in self._on_disk():
             raise InvalidRequest(f"failed to load '{name}': not found in the model repository")
         entry = self._entries.setdefault(name, ModelEntry(name))
@@ -243,7 +250,7 @@ class Registry:
         ]
         entry.wanted = True
         entry.model_dir = model_dir
-        entry.aliases = await asyncio.to_thread(read_aliases, model_dir)
+        entry.aliases = await asyncio.to_thread(self._alias_files.read, name, model_dir)
         retired_uploads = [] if kept else entry.uploads
         entry.uploads = [*(entry.uploads if kept else []), *([upload] if upload is not None else [])]
         self._retire([h for v, h in old.items() if v not in kept], retired_uploads)

@@ -13,6 +13,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import tornado.httpserver
@@ -25,13 +26,19 @@ from v2server.auth import ApiKeys
 from v2server.dataplane import DataPlane
 from v2server.errors import ModelLoadError, V2Error
 from v2server.grpc_api import create_grpc_server, set_serving
+from v2server.jobs import JobLimits, JobService, JobStore
+from v2server.log_settings import LogControl, LogState
 from v2server.memory import keep_freed_memory
 from v2server.metrics import LoopLagSampler, make_registry, render
 from v2server.registry import Registry
+from v2server.repository.aliases import AliasFiles
 from v2server.rest_api.app import make_app, make_metrics_app
 from v2server.rest_api.remote_core import connect
+from v2server.results import ResultStore, open_store
 from v2server.settings import Settings
+from v2server.shared_memory import SharedMemoryRegistry
 from v2server.tls import grpc_channel_credentials, http_ssl_context
+from v2server.tracing import Tracer
 
 __all__ = ["RestGateway", "V2Server", "run", "serve"]
 
@@ -95,6 +102,8 @@ class V2Server:
     """A running server; ``start`` binds and loads, ``stop`` drains and closes."""
 
     settings: Settings
+    #: opentelemetry trace mode: an OpenTelemetry ``SpanExporter`` to send the spans to instead of OTLP/HTTP
+    span_exporter: Any = None
     registry: Registry = field(init=False)
     core: DataPlane = field(init=False)
     grpc_port: int | None = field(init=False, default=None)
@@ -105,6 +114,10 @@ class V2Server:
     _metrics: RestGateway | None = field(init=False, default=None)
     metrics_port: int | None = field(init=False, default=None)
     _poller: asyncio.Task[None] | None = field(init=False, default=None)
+    #: asynchronous /v1 jobs (opened before listening, started once the models are loaded)
+    jobs: JobService | None = field(init=False, default=None)
+    #: where /v1 answers asked for as links go (response_format "links"); started before listening
+    results: ResultStore | None = field(init=False, default=None)
     #: v2server_event_loop_lag_seconds on /metrics; samples from start to stop
     loop_lag: LoopLagSampler = field(init=False, default_factory=LoopLagSampler)
 
@@ -112,13 +125,16 @@ class V2Server:
         settings = self.settings
         self.registry = Registry(
             settings.model_repositories, settings.strict_model_config, self._readiness_changed,
-            settings.latency_buckets_us, dict(settings.single_models),
+            settings.latency_buckets_us, dict(settings.single_models), alias_files=AliasFiles(settings.state_dir),
         )
-        self.access = AccessLog(settings.log_format) if settings.log_requests else None
+        self.access = _access_log(settings)
         self.keys = ApiKeys(settings.api_keys)
+        self.tracer = Tracer(settings.trace, settings.api_file_dir, self.span_exporter)
         self.core = DataPlane(
             self.registry, settings.server_name, settings.strict_readiness, settings.model_control_mode,
             max_inflight_bytes=settings.max_inflight_bytes, max_stream_pending=settings.grpc_max_stream_pending,
+            shared_memory=SharedMemoryRegistry(settings.max_shm_regions, settings.allow_client_shm),
+            tracer=self.tracer, logs=LogControl(LogState.from_settings(settings), settings.api_file_dir),
         )
 
     @property
@@ -137,6 +153,10 @@ class V2Server:
         self.keys.announce()
         self.loop_lag.start()
         try:
+            self.jobs = _job_service(settings, self.core)
+            await self.jobs.open()
+            self.results = open_store(settings)
+            await self.results.start()
             await self._listen()
         except BaseException:
             await self.stop(grace=0)  # a listener already started (gRPC, then a bad HTTPS file) must not leak
@@ -148,6 +168,8 @@ class V2Server:
             await self.stop(grace=0)
             raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
         self.core.set_accepting(True)
+        assert self.jobs is not None
+        await self.jobs.start()
         await self._readiness_changed()
         if settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll(settings.repository_poll_seconds))
@@ -166,6 +188,8 @@ class V2Server:
                 make_app(
                     self.core, settings.http_max_body_size, self.access, self.keys, settings.cors_allow_origins,
                     default_model=settings.default_model, max_batch_rows=settings.max_batch_rows,
+                    jobs=self.jobs, max_response_timeout=settings.max_response_timeout_seconds,
+                    results=self.results, results_base_url=settings.results_base_url,
                 ),
                 settings, settings.http_address, settings.http_port, settings.http_max_body_size,
             )
@@ -196,6 +220,8 @@ class V2Server:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish within ``grace`` seconds, then release models."""
         self.core.set_accepting(False)
+        if self.jobs is not None:  # running jobs and deliveries stop where they stand; the next start resumes them
+            await self.jobs.stop()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
@@ -215,6 +241,10 @@ class V2Server:
             if listener is not None:
                 await listener.stop()
         await self.registry.close()
+        if self.results is not None:
+            await self.results.close()  # a folder the store made is removed; a --results-dir stays
+        await asyncio.to_thread(self.core.shared_memory.close)  # unmap (and close CUDA handles): never unlinks
+        await asyncio.to_thread(self.tracer.close)  # the traces still pending, the spans still batched
         self.loop_lag.stop()
 
     def _startup_models(self) -> list[str]:
@@ -222,6 +252,25 @@ class V2Server:
         if "*" in self.settings.load_models:
             return [row.name for row in self.registry.index()]
         return list(dict.fromkeys(self.settings.load_models))
+
+
+def _job_service(settings: Settings, core: DataPlane) -> JobService:
+    """Asynchronous /v1 jobs, kept under --state-dir (in memory without it), with the settings' limits."""
+    limits = JobLimits(
+        max_pending=settings.max_pending_jobs, max_running=settings.max_running_jobs,
+        max_rows=settings.max_batch_rows, attempts=settings.webhook_attempts,
+        backoff=settings.webhook_backoff_seconds, backoff_max=settings.webhook_backoff_max_seconds,
+        result_ttl=settings.job_result_ttl_seconds, record_ttl=settings.job_record_ttl_seconds,
+        allow=settings.webhook_allow, secret=settings.webhook_secret, webhook_timeout=settings.webhook_timeout_seconds,
+    )
+    return JobService(core, JobStore.in_state_dir(settings.state_dir), limits)
+
+
+def _access_log(settings: Settings) -> AccessLog | None:
+    """The access log when requests are logged: JSON lines with --log-format=json, text otherwise."""
+    if not settings.log_requests:
+        return None
+    return AccessLog("json" if settings.log_format == "json" else "text")
 
 
 async def _until_signalled() -> None:
@@ -238,11 +287,15 @@ async def serve(settings: Settings) -> None:
         channel, remote = connect(
             settings.grpc_target, settings.grpc_max_message_size, grpc_channel_credentials(settings)
         )
-        access = AccessLog(settings.log_format) if settings.log_requests else None
+        access = _access_log(settings)
+        results = open_store(settings)
+        await results.start()
         gateway = RestGateway.for_settings(
             make_app(
                 remote, settings.http_max_body_size, access, ApiKeys(settings.api_keys), settings.cors_allow_origins,
                 default_model=settings.default_model, max_batch_rows=settings.max_batch_rows,
+                max_response_timeout=settings.max_response_timeout_seconds,
+                results=results, results_base_url=settings.results_base_url,
             ),
             settings, settings.http_address, settings.http_port, settings.http_max_body_size,
         )
@@ -250,6 +303,7 @@ async def serve(settings: Settings) -> None:
         log.info("REST gateway on %s:%d forwarding to gRPC core at %s", settings.http_address, port, settings.grpc_target)
         await _until_signalled()
         await gateway.stop()
+        await results.close()
         await channel.close()
         return
     server = V2Server(settings)

@@ -17,10 +17,12 @@ from typing import Any, Literal, TypeVar
 from v2server.statistics import DEFAULT_BUCKETS_US
 
 __all__ = [
-    "DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_MESSAGE_SIZE", "GROUPS", "OPTIONS", "ControlMode", "Option", "Settings",
+    "DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_MESSAGE_SIZE", "GROUPS", "OPTIONS", "TRACE_LEVELS", "ControlMode", "Option",
+    "Settings", "TraceConfig", "TraceMode",
 ]
 
 ControlMode = Literal["none", "poll", "explicit"]
+TraceMode = Literal["triton", "opentelemetry"]
 Kind = Literal["bool", "int", "float", "str", "path"]
 _T = TypeVar("_T")
 
@@ -34,6 +36,8 @@ GROUPS = {
     "tls": "TLS (gRPC flags are Triton's; --http-ssl-* are v2server's)",
     "limits": "Connection limits (keepalive flags are Triton's, in milliseconds)",
     "load": "Load limits: past them a request gets 413 or 503 instead of the server a stall",
+    "jobs": "Asynchronous /v1 jobs, webhooks and state (docs/jobs.md)",
+    "results": "Large /v1 answers as links (response_format \"links\", docs/results.md)",
 }
 
 
@@ -90,6 +94,32 @@ def derived(default: _T, *inputs: Option) -> _T:
     return field(default=default, metadata={"options": inputs})
 
 
+#: Triton's trace levels beside OFF (which is none of them)
+TRACE_LEVELS = ("TIMESTAMPS", "TENSORS")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """Request tracing as ``--trace-config`` sets it at start (Triton's defaults); the trace API changes the
+    level, rate, count, file and log frequency while the server runs, never the mode or the exporter."""
+
+    mode: TraceMode = "triton"
+    #: a subset of ``TRACE_LEVELS``; empty is OFF
+    level: tuple[str, ...] = ()
+    #: trace every ``rate``-th request
+    rate: int = 1000
+    #: traces left to take; -1: no end
+    count: int = -1
+    #: triton mode: the JSON file the traces go to
+    file: str = ""
+    #: triton mode: 0 writes every trace to ``file``; N writes each N traces to ``file.0``, ``file.1``, ...
+    log_frequency: int = 0
+    #: opentelemetry mode: the OTLP/HTTP traces endpoint
+    url: str = "http://localhost:4318/v1/traces"
+    #: opentelemetry mode: resource attributes of the spans
+    resource: tuple[tuple[str, str], ...] = ()
+
+
 _BUCKETS_TEXT = (
     f"{len(DEFAULT_BUCKETS_US)} buckets, {min(DEFAULT_BUCKETS_US):g} µs to {max(DEFAULT_BUCKETS_US) / 1e6:g} s"
 )
@@ -137,10 +167,27 @@ class Settings:
         (), "--cors-allow-origin", repeatable=True, metavar="ORIGIN", env_aliases=("V2SERVER_CORS_ALLOW_ORIGINS",),
         help="allow browser calls from ORIGIN: CORS headers and preflight answers (repeatable, '*' for any)")
     log_requests: bool = option(False, "--log-requests", kind="bool", help="write one access-log line per request")
-    log_format: Literal["text", "json"] = option(
-        "text", "--log-format", choices=("text", "json", "default", "ISO8601"),
-        synonyms=(("default", "text"), ("ISO8601", "text")),
-        help="access log format (Triton's default and ISO8601 mean text)")
+    log_format: Literal["text", "json", "ISO8601"] = option(
+        "text", "--log-format", choices=("text", "json", "default", "ISO8601"), synonyms=(("default", "text"),),
+        help="text (Triton's default): log lines as they are; ISO8601: server log lines start with an ISO 8601 "
+        "UTC time; json: access-log lines are JSON objects")
+    log_info: bool = option(True, "--log-info", kind="bool", help="write INFO log lines (also live: POST /v2/logging)")
+    log_warning: bool = option(True, "--log-warning", kind="bool", help="write WARNING log lines")
+    log_error: bool = option(True, "--log-error", kind="bool", help="write ERROR log lines")
+    log_file: Path | None = option(None, "--log-file", kind="path", metavar="FILE", default_text="standard error",
+                                   help="write the server's log to FILE (appended) instead of standard error")
+    #: request tracing: Triton's --trace-config settings
+    trace: TraceConfig = derived(
+        TraceConfig(),
+        Option(("--trace-config",), "Triton's trace settings, [MODE,]SETTING=VALUE: level=OFF|TIMESTAMPS|TENSORS, "
+               "rate=N (every Nth request), count=N (-1: no end), mode=triton|opentelemetry, "
+               "triton,file=PATH, triton,log-frequency=N, opentelemetry,url=URL (OTLP/HTTP), "
+               "opentelemetry,resource=KEY=VALUE (repeatable)", metavar="SETTING", repeatable=True,
+               separator=";", dest="trace_config", default=(), default_text="level=OFF"))
+    api_file_dir: Path | None = option(
+        None, "--api-file-dir", kind="path", metavar="DIR", default_text="none: refused",
+        help="log_file and trace_file set over the logging and trace APIs must lie in this folder (without it, "
+        "the APIs cannot change the files the server writes)")
     allow_http: bool = option(True, "--allow-http", kind="bool", help="serve REST")
     allow_grpc: bool = option(True, "--allow-grpc", kind="bool", help="serve gRPC")
     allow_metrics: bool = option(True, "--allow-metrics", kind="bool", help="serve Prometheus /metrics")
@@ -181,6 +228,9 @@ class Settings:
     metrics_api_key_required: bool = option(
         False, "--metrics-api-key-required", kind="bool",
         help="/metrics needs an API key like every other route (false: open, as in Triton)")
+    allow_client_shm: bool = option(
+        True, "--allow-client-shm", kind="bool",
+        help="clients may register shared-memory regions and send tensors through them (false: refused, 501)")
     # -- TLS (see tls.py) --
     grpc_use_ssl: bool = option(False, "--grpc-use-ssl", kind="bool", group="tls",
                                 help="serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
@@ -248,6 +298,74 @@ class Settings:
         64, "--grpc-max-stream-pending", kind="int", metavar="N", positive=True, group="load",
         help="unanswered requests on one ModelStreamInfer stream before it stops reading (flow control slows "
         "the client)")
+    max_shm_regions: int = option(
+        1024, "--max-shm-regions", kind="int", metavar="N", positive=True, group="load",
+        help="shared-memory regions (system and CUDA) registered at once; one more gets 503")
+    # -- asynchronous /v1 jobs, webhooks, state outside the repository (v2server/jobs/, docs/jobs.md) --
+    state_dir: Path | None = option(
+        None, "--state-dir", kind="path", metavar="DIR", group="jobs", default_text="none",
+        help="keep state here, not in the model repository: the jobs database (SQLite) and version aliases "
+        "(aliases/<model>.json); without it jobs live in memory and aliases in <model>/aliases.json")
+    max_pending_jobs: int = option(
+        1000, "--max-pending-jobs", kind="int", metavar="N", positive=True, group="jobs",
+        help="accepted jobs not yet delivered; one more gets 503")
+    max_running_jobs: int = option(
+        4, "--max-running-jobs", kind="int", metavar="N", positive=True, group="jobs",
+        help="jobs whose inference runs at once (the others wait, queued)")
+    max_response_timeout_seconds: float = option(
+        600.0, "--max-response-timeout-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="the longest a /v1 request or job may run: response_timeout and ?timeout are capped to it; a job "
+        "with response_webhook_ignore_timeout is not held to it")
+    webhook_allow: tuple[str, ...] = option(
+        (), "--webhook-allow", repeatable=True, metavar="HOST|CIDR", group="jobs", default_text="public addresses",
+        help="webhook targets allowed (repeatable): only these host names, addresses and networks; without it, "
+        "public addresses only. Link-local and cloud metadata addresses are always refused")
+    webhook_secret: str = option(
+        "", "--webhook-secret", metavar="SECRET", group="jobs", default_text="none: unsigned",
+        help="sign each webhook POST: X-V2Server-Signature: sha256=HMAC-SHA256(SECRET, TIMESTAMP + '.' + body) "
+        "(prefer the environment variable to the command line)")
+    webhook_attempts: int = option(
+        8, "--webhook-attempts", kind="int", metavar="N", positive=True, group="jobs",
+        help="delivery attempts of a job's result before it is delivery-failed")
+    webhook_backoff_seconds: float = option(
+        1.0, "--webhook-backoff-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="wait after the first failed delivery; doubled after each, with jitter")
+    webhook_backoff_max_seconds: float = option(
+        300.0, "--webhook-backoff-max-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="ceiling of the wait between delivery attempts")
+    webhook_timeout_seconds: float = option(
+        10.0, "--webhook-timeout-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="a delivery attempt that has no answer in this time fails")
+    job_result_ttl_seconds: float = option(
+        3600.0, "--job-result-ttl-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="how long GET /v1/jobs/ID shows a finished job's result (then the result is dropped)")
+    job_record_ttl_seconds: float = option(
+        86400.0, "--job-record-ttl-secs", kind="float", metavar="SECONDS", positive=True, group="jobs",
+        help="how long a finished job's record is kept (then GET /v1/jobs/ID is 404)")
+    # -- large /v1 answers as links: response_format "links" (v2server/results/, docs/results.md) --
+    results_dir: Path | None = option(
+        None, "--results-dir", kind="path", metavar="DIR", group="results",
+        default_text="a private temporary folder (made by the first link), removed at exit",
+        help="store the answers of response_format \"links\" requests here, as files named by random ids, "
+        "served at signed URLs (/v1/results/ID) until --results-ttl")
+    results_url: str = option(
+        "", "--results-url", metavar="s3://BUCKET/PREFIX", group="results", default_text="none: --results-dir",
+        help="store the answers in S3 (or an S3-compatible store: boto3's configuration and AWS_ENDPOINT_URL) "
+        "and answer presigned GET URLs, for several replicas; needs the extra v2server[s3]")
+    results_ttl_seconds: float = option(
+        3600.0, "--results-ttl", kind="float", metavar="SECONDS", positive=True, group="results",
+        help="how long a link works; after it a local link answers 410 and its file is swept")
+    results_secret: str = option(
+        "", "--results-secret", metavar="SECRET", group="results", default_text="random, per process",
+        help="HMAC-SHA256 key of the local links' signatures; replicas sharing --results-dir need the same one "
+        "(prefer the environment variable to the command line)")
+    results_max_bytes: int = option(
+        1 << 30, "--results-max-bytes", kind="int", metavar="BYTES", positive=True, group="results",
+        help="bytes --results-dir may hold; an answer that would pass it gets 503 (not applied to S3: use a "
+        "bucket quota and a lifecycle rule)")
+    results_base_url: str = option(
+        "", "--results-base-url", metavar="URL", group="results", default_text="the request's scheme and host",
+        help="what local links start with (e.g. https://models.example.com behind a proxy)")
 
 
 def _declared() -> tuple[Option, ...]:

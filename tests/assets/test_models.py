@@ -136,3 +136,19 @@ def build_broken(repo: Path) -> Path:
     _save(repo, "broken_config", None, 'name: "broken_config"\nmax_batch_size: "eight"\n')
     _save(repo, "missing_file", None, _config("missing_file", fp32 + "\n" + _tensor("output", "OUTPUT0", "TYPE_FP32", "[ -1 ]")))
     return repo
+
+
+def save_queued_model(repository: Path, delay_us: int = 1_500_000) -> Path:
+    """``queued``: ``Scaled(2)`` behind a dynamic batcher that holds a lone request ``delay_us`` for a preferred
+    batch of 8, so a test can time a request out while it is queued, without a slow model."""
+    model = repository / "queued"
+    (model / "1").mkdir(parents=True)
+    torch.jit.script(Scaled(2)).save(str(model / "1" / "model.pt"))  # type: ignore[no-untyped-call]
+    (model / "config.pbtxt").write_text(
+        'name: "queued"\nplatform: "pytorch_libtorch"\nmax_batch_size: 8\n'
+        'input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
+        f"dynamic_batching {{ preferred_batch_size: [ 8 ] max_queue_delay_microseconds: {delay_us} }}\n"
+        "instance_group [{ kind: KIND_CPU }]\n"
+    )
+    return model

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.assets.test_models import Scaled
+from tests.assets.test_models import Scaled, save_queued_model
 from tests.conftest import BUNDLED_REPOSITORY, RunningServer, loopback_settings
 
 
@@ -269,16 +269,7 @@ def test_predict_default_model() -> None:
 @pytest.fixture()
 def slow_server(tmp_path: Path) -> Iterator[RunningServer]:
     """A batching model whose queue holds a lone request for 1.5 s (it waits for a preferred batch of 8)."""
-    model = tmp_path / "queued"
-    (model / "1").mkdir(parents=True)
-    torch.jit.script(Scaled(2)).save(str(model / "1" / "model.pt"))
-    (model / "config.pbtxt").write_text(
-        'name: "queued"\nplatform: "pytorch_libtorch"\nmax_batch_size: 8\n'
-        'input [{ name: "INPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
-        'output [{ name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 1 ] }]\n'
-        "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1500000 }\n"
-        "instance_group [{ kind: KIND_CPU }]\n"
-    )
+    save_queued_model(tmp_path)
     server = RunningServer(loopback_settings(tmp_path, allow_grpc=False, allow_metrics=False))
     yield server
     server.stop()

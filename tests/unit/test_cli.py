@@ -257,7 +257,7 @@ def test_metrics_config_sets_the_latency_buckets(caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.parametrize(("given", "meant"), [("json", "json"), ("text", "text"), ("default", "text"),
-                                              ("ISO8601", "text")])
+                                              ("ISO8601", "ISO8601")])
 def test_log_format_takes_tritons_names(given: str, meant: str) -> None:
     assert parse_settings([*REPO, "--log-format", given], {}).log_format == meant
     assert parse_settings(REPO, {"V2SERVER_LOG_FORMAT": given}).log_format == meant

@@ -47,7 +47,7 @@ class EchoHandle:
         return Signature.from_config(self.config)
 
     async def execute(self, inputs: Sequence[Tensor], outputs: Sequence[str], batch_size: int,
-                      priority: int = 0, timeout_us: int = 0) -> Execution:
+                      priority: int = 0, timeout_us: int = 0, sequence: object = None) -> Execution:
         self.started += 1
         if self.gate is not None:
             await self.gate.wait()

@@ -34,6 +34,7 @@ def test_unmapped_code_is_internal() -> None:
         (errors.V2Error, grpc.StatusCode.INTERNAL, 500),
         (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, 400),
         (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
+        (errors.NotFound, grpc.StatusCode.NOT_FOUND, 404),
         (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE, 503),
         (errors.ServerNotReady, grpc.StatusCode.UNAVAILABLE, 503),
         (errors.QueueFull, grpc.StatusCode.UNAVAILABLE, 503),
@@ -44,6 +45,7 @@ def test_unmapped_code_is_internal() -> None:
         (errors.InferenceFailed, grpc.StatusCode.INTERNAL, 500),
         (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
         (errors.ModelLoadError, grpc.StatusCode.INTERNAL, 500),
+        (errors.NotWritable, grpc.StatusCode.FAILED_PRECONDITION, 409),
     ],
     ids=lambda v: getattr(v, "__name__", None),
 )
@@ -57,4 +59,4 @@ def test_error_class_codes(cls: type[errors.V2Error], code: grpc.StatusCode, sta
 def test_every_exported_error_is_in_the_tree() -> None:
     classes = [getattr(errors, name) for name in errors.__all__ if name != "http_status"]
     assert all(issubclass(cls, errors.V2Error) for cls in classes)
-    assert len(classes) == 13
+    assert len(classes) == 16  # NotWritable (jobs/aliases), StoreUnavailable (results)

@@ -9,8 +9,8 @@ from google.protobuf import text_format
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import DATATYPES
-from v2server.errors import InvalidRequest, Unsupported
-from v2server.inference import decode_inputs, encode_response, requested_outputs
+from v2server.errors import InvalidRequest, V2Error
+from v2server.inference import check_contents, decode_inputs, encode_response, requested_outputs
 from v2server.signature import Signature
 from v2server.tensors import Tensor
 
@@ -75,11 +75,17 @@ def test_raw_index_rules(inputs: list[Input], raw: list[bytes], message: str) ->
     assert caught.value.message == message
 
 
-def test_shared_memory_input_is_unsupported() -> None:
+def test_shared_memory_inputs_take_no_raw_entry() -> None:
+    """Raw entries are indexed over the inputs that carry data: one in shared memory has none (Triton's rule)."""
     shm = Input(name="A", datatype="INT32", shape=[2])
     shm.parameters["shared_memory_region"].string_param = "region0"
-    with pytest.raises(Unsupported, match="input 'A': shared memory inputs are not supported"):
-        decode_inputs(pb.ModelInferRequest(inputs=[shm]))
+    request = pb.ModelInferRequest(inputs=[shm, BYTES_B], raw_input_contents=[RAW_B])
+    assert check_contents(request).nbytes == len(RAW_B)
+    from_region = Tensor("A", DATATYPES["INT32"], np.array([7, 8], dtype=np.int32))
+    a, b = decode_inputs(request, None, {"A": from_region})
+    assert a is from_region and b.array.tolist() == [b"abc"]
+    with pytest.raises(V2Error, match="input 'A' names a shared-memory region that was not read"):
+        decode_inputs(request, None, {})
 
 
 @pytest.mark.parametrize(
@@ -104,14 +110,8 @@ def _output(name: str, parameter: str | None = None) -> Output:
     [
         ([_output("X"), _output("W")], InvalidRequest, "unexpected inference output 'W' for model 'm' (it has ['X', 'Y', 'Z'])"),
         ([_output("X"), _output("Z"), _output("X")], InvalidRequest, "output 'X' is requested more than once"),
-        ([_output("X", "classification")], Unsupported, "output 'X': 'classification' is not supported by this server"),
-        (
-            [_output("Y", "shared_memory_region")],
-            Unsupported,
-            "output 'Y': 'shared_memory_region' is not supported by this server",
-        ),
     ],
-    ids=["unknown", "duplicate", "classification", "shared-memory"],
+    ids=["unknown", "duplicate"],
 )
 def test_refused_outputs(outputs: list[Output], error: type[Exception], message: str) -> None:
     with pytest.raises(error) as caught:

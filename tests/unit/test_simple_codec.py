@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import orjson
 import pytest
@@ -22,6 +24,7 @@ from v2server.rest_api.simple_codec import (
     predict_plan,
     selector_version,
     v1_answer,
+    v1_options,
     v1_plan,
 )
 from v2server.tensors import Tensor, to_raw
@@ -261,3 +264,26 @@ def test_bf16_and_fp16_outputs_read_back_as_numbers() -> None:
         raw_output_contents=[bits * 2],
     )
     assert predict_answer(plan, [response]) == {"y": [1.5, 1.5]}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"response_format": "links", "response_webhook": "https://example.com/h"},
+         "'response_format' applies to synchronous requests"),
+        ({"response_format": "zip"}, "'response_format' must be one of ['links']"),
+        ({"response_webhook_ignore_timeout": True}, "applies to asynchronous requests"),
+        ({"response_timeout": 0}, "'response_timeout' must be a positive number"),
+    ],
+)
+def test_v1_options_refuse_what_cannot_work_together(document: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        v1_options(document)
+
+
+def test_v1_options_read_the_async_and_links_fields() -> None:
+    options = v1_options({"response_webhook": "https://example.com/h", "response_timeout": 2})
+    assert (options.response_webhook, options.response_timeout, options.response_format) == (
+        "https://example.com/h", 2.0, None,
+    )
+    assert v1_options({"response_format": "links"}).response_format == "links"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -9,6 +11,7 @@ from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
 from v2server.core import InferenceCore
+from v2server.errors import Unsupported
 from v2server.grpc_api.interceptor import ErrorInterceptor
 from v2server.grpc_api.servicer import InferenceServicer
 from v2server.settings import Settings
@@ -52,6 +55,7 @@ def create_grpc_server(
         core.observe(access)
     server = grpc.aio.server(interceptors=[ErrorInterceptor(access, keys)], options=server_options(settings))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    server.add_generic_rpc_handlers((_UnknownMethods(),))  # consulted after the service's own methods
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = grpc_server_credentials(settings)
@@ -66,6 +70,23 @@ def create_grpc_server(
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {address} (is the port in use?)")
     return server, bound, health_servicer
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """A method of our service that this server does not know (a later Triton's RPC): UNIMPLEMENTED naming it,
+    through the interceptor like every answer, rather than gRPC's bare "Method not found!"."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = str(handler_call_details.method)
+        if not method.startswith(f"/{SERVICE_NAME}/"):
+            return None
+
+        async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            raise Unsupported(f"{method.lstrip('/')} is not implemented by this server (ServerMetadata lists the "
+                              "extensions it has)")
+            yield b""  # pragma: no cover (makes this a stream handler, which suits any call's cardinality)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

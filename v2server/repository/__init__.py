@@ -7,6 +7,7 @@ from v2server.repository.config import (
     default_config,
     read_raw_config,
 )
+from v2server.repository.labels import read_labels
 from v2server.repository.layout import available_versions, discover_models, fingerprint, select_versions
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "default_config",
     "discover_models",
     "fingerprint",
+    "read_labels",
     "read_raw_config",
     "select_versions",
 ]

@@ -15,11 +15,21 @@ from google.protobuf import json_format, text_format
 from v2server._proto import model_config_pb2 as mc
 from v2server.datatypes import from_config_type
 from v2server.errors import InvalidRequest, ModelLoadError
-from v2server.names import check_file_name
+from v2server.names import check_file_name, check_relative_path
+from v2server.sequences import complete_sequence_batching
 
-__all__ = ["CONFIG_FILENAME", "apply_override", "complete_config", "default_config", "read_raw_config"]
+__all__ = [
+    "CONFIG_FILENAME",
+    "RESPONSE_DELAY_PARAMETER",
+    "apply_override",
+    "complete_config",
+    "default_config",
+    "read_raw_config",
+]
 
 CONFIG_FILENAME = "config.pbtxt"
+#: A decoupled model's config parameter naming the input that paces its responses (``v2server/decoupled.py``).
+RESPONSE_DELAY_PARAMETER = "response_delay_input"
 
 
 def default_config(model_name: str) -> mc.ModelConfig:
@@ -89,6 +99,13 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str)
             check_file_name(value, field)
         except InvalidRequest as exc:
             raise fail(exc.message) from None
+    # Classification labels live in the model's folder, below it at most (repository/labels.py reads them).
+    for output in config.output:
+        if output.label_filename:
+            try:
+                check_relative_path(output.label_filename, f"output '{output.name}': label_filename")
+            except InvalidRequest as exc:
+                raise fail(exc.message) from None
     if config.max_batch_size < 0:
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:
@@ -99,6 +116,11 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str)
     _check_tensors("output", config.output, fail)
     if config.HasField("dynamic_batching") and config.max_batch_size == 0:
         raise fail("dynamic_batching needs max_batch_size > 0")
+    try:  # sequence_batching: Triton's checks and defaults (v2server/sequences)
+        complete_sequence_batching(config)
+    except ModelLoadError as exc:
+        raise fail(exc.message) from None
+    _check_decoupled(config, fail)
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
     elif config.version_policy.HasField("latest") and config.version_policy.latest.num_versions < 1:
@@ -115,6 +137,31 @@ def complete_config(config: mc.ModelConfig, model_name: str, source: Path | str)
         if group.gpus and group.kind not in (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO):
             raise fail(f"instance_group[{index}] lists gpus but its kind is not KIND_GPU")
     return config
+
+
+def _check_decoupled(config: mc.ModelConfig, fail: Callable[[str], ModelLoadError]) -> None:
+    """A decoupled model (``model_transaction_policy { decoupled: true }``) answers each request from one
+    execution of its own, its outputs with a leading response dimension (``v2server/decoupled.py``): no batcher
+    may merge its requests, and no output reshape (it would drop that dimension)."""
+    delay = config.parameters.get(RESPONSE_DELAY_PARAMETER)
+    if not config.model_transaction_policy.decoupled:
+        if delay is not None:
+            raise fail(f"parameter '{RESPONSE_DELAY_PARAMETER}' is for decoupled models only")
+        return
+    for scheduler in ("dynamic_batching", "sequence_batching"):
+        if config.HasField(scheduler):
+            raise fail(f"a decoupled model runs each request on its own here: remove {scheduler}")
+    for output in config.output:
+        if output.HasField("reshape"):
+            raise fail(f"output '{output.name}': a decoupled model's outputs cannot use reshape")
+    if delay is not None:
+        inputs = {t.name: mc.DataType.Name(t.data_type) for t in config.input}
+        kind = inputs.get(delay.string_value, "")
+        if not kind.startswith(("TYPE_INT", "TYPE_UINT")):
+            raise fail(
+                f"parameter '{RESPONSE_DELAY_PARAMETER}' must name an integer input (milliseconds per response); "
+                f"'{delay.string_value}' is {'a ' + kind if kind else 'not an input'}"
+            )
 
 
 def _check_tensors(

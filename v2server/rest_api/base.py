@@ -25,6 +25,7 @@ from v2server.core import InferenceCore
 from v2server.errors import Unauthenticated, V2Error
 from v2server.rest_api.error_bodies import ErrorBody, describe_error, v2_error_body
 from v2server.rest_api.json_codec import HEADER_LENGTH
+from v2server.results import ResultStore
 
 __all__ = ["Dependencies", "V2Handler"]
 
@@ -46,6 +47,8 @@ class Dependencies:
         error_body: how this route family renders an error (``{"error"}``, ``{"detail"}``).
         max_batch_rows: rows a ``/v1`` or ``/predict`` batch may hold; more are refused with 413 (0: no
             limit here).
+        results: where ``/v1`` answers asked for as links go (``response_format: "links"``); None: refused.
+        results_base_url: what the links the gateway serves start with ("": the request's scheme and host).
     """
 
     core: InferenceCore
@@ -55,6 +58,8 @@ class Dependencies:
     cors_origins: frozenset[str] = frozenset()
     error_body: ErrorBody = v2_error_body
     max_batch_rows: int = 0
+    results: ResultStore | None = None
+    results_base_url: str = ""
 
 
 @tornado.web.stream_request_body
@@ -84,6 +89,8 @@ class V2Handler(tornado.web.RequestHandler):
         self.core = deps.core.for_caller(self.request.headers.get("Authorization"))
         self.max_body_size = deps.max_body_size
         self.max_batch_rows = deps.max_batch_rows
+        self.results = deps.results
+        self.results_base_url = deps.results_base_url
         self._access = deps.access
         self._keys = deps.keys
         self._cors_origins = deps.cors_origins
@@ -175,6 +182,10 @@ class V2Handler(tornado.web.RequestHandler):
         """CORS preflight: the headers are set by ``set_default_headers``."""
         self.set_status(204)
         self.finish()
+
+    def caller(self) -> str:
+        """Who owns what this request creates (an asynchronous job): a hash of its API key; "" without keys."""
+        return self._keys.owner(self.request.headers.get("Authorization")) if self._keys is not None else ""
 
     # -- calling the core ----------------------------------------------------------------------------------
 

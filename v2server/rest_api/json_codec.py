@@ -193,6 +193,11 @@ def _parse_input(
     tensor = request.inputs.add(name=name, datatype=type_name, shape=shape)
     json_to_parameters(parameters, tensor.parameters, f"{where} parameters")
 
+    if _SHM in parameters and (size is not None or "data" in item):
+        raise InvalidRequest(
+            f"{where}: Input must set only one of the following fields: 'data', 'binary_data_size' in "
+            "'parameters', 'shared_memory_region' in 'parameters'"
+        )
     if size is not None:
         if type(size) is not int or size < 0:
             raise InvalidRequest(f"{where}: binary_data_size must be a non-negative integer")
@@ -265,6 +270,8 @@ def _parse_outputs(
         name = item["name"]
         where = f"output '{name}'"
         parameters = dict(json_object(item.get("parameters"), f"{where} parameters"))
+        if _SHM in parameters and parameters.get("binary_data") is True:
+            raise InvalidRequest(f"{where}: Output can't set both 'shared_memory_region' and 'binary_data'")
         binary[name] = _flag(parameters.pop("binary_data", binary_default), f"{where}: binary_data")
         output_type = _content_type(parameters, where)
         if output_type is not None:

@@ -20,6 +20,7 @@ from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest
 
 __all__ = [
+    "json_body",
     "json_object",
     "json_to_parameters",
     "message_to_json",
@@ -84,12 +85,8 @@ def json_to_parameters(
         target[key].CopyFrom(param)
 
 
-def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepositoryParameter]:
-    """The ``parameters`` of a repository load/unload body (which may be empty) as protobuf parameters.
-
-    ``file:<version>/<name>`` values are base64 in JSON and become raw ``bytes_param``, as tritonclient's gRPC
-    client sends them; ``config`` stays a JSON string.
-    """
+def json_body(body: bytes, where: str) -> dict[str, Any]:
+    """A control body (repository, settings): a JSON object, or nothing at all (``{}``)."""
     if not body.strip():
         return {}
     try:
@@ -98,6 +95,18 @@ def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepos
         raise InvalidRequest(f"{where}: request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidRequest(f"{where}: request JSON must be an object")
+    return document
+
+
+def parse_repository_request(body: bytes, where: str) -> dict[str, pb.ModelRepositoryParameter]:
+    """The ``parameters`` of a repository load/unload body (which may be empty) as protobuf parameters.
+
+    ``file:<version>/<name>`` values are base64 in JSON and become raw ``bytes_param``, as tritonclient's gRPC
+    client sends them; ``config`` stays a JSON string.
+    """
+    document = json_body(body, where)
+    if not document:
+        return {}
     parameters: dict[str, pb.ModelRepositoryParameter] = {}
     for key, value in json_object(document.get("parameters"), f"{where}: parameters").items():
         if key.startswith("file:"):

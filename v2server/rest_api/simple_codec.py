@@ -34,8 +34,10 @@ from v2server.rest_api.content_types import SimpleCodec
 from v2server.tensors import Tensor, bfloat16_to_float32, output_array, to_raw
 
 __all__ = [
+    "RESPONSE_FORMATS",
     "Plan",
     "SimpleModel",
+    "V1Options",
     "is_batch",
     "parse_alias_version",
     "parse_batch_flag",
@@ -44,6 +46,7 @@ __all__ = [
     "predict_plan",
     "selector_version",
     "v1_answer",
+    "v1_options",
     "v1_plan",
 ]
 
@@ -83,6 +86,23 @@ class SimpleModel:
 
 
 @dataclass(frozen=True, slots=True)
+class V1Options:
+    """The fields of a ``/v1`` body beside ``data`` (Modelbit's names); a field we do not know is ignored.
+
+    Attributes:
+        response_webhook: the URL an asynchronous request's result is POSTed to (None: answer synchronously).
+        response_webhook_ignore_timeout: an asynchronous job is not held to ``--max-response-timeout-secs``.
+        response_timeout: seconds the request (or job) may run; past it 504, its queued work dropped.
+        response_format: ``"links"``: answer ``{"data": URL}``, the answer stored (``v2server.results``).
+    """
+
+    response_webhook: str | None = None
+    response_webhook_ignore_timeout: bool = False
+    response_timeout: float | None = None
+    response_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The core requests for one simple-style request, and how to read their answers back."""
 
@@ -91,6 +111,7 @@ class Plan:
     rows_per_request: tuple[int, ...]  # 0: an unbatched request (the model has no batch dimension)
     ids: tuple[Any, ...] | None  # /v1 batch IDs in row order; None for a single request
     batch: bool
+    options: V1Options = V1Options()  # /v1 only: the body's fields beside "data"
 
 
 # --- small parsers ----------------------------------------------------------------------------------------
@@ -185,6 +206,7 @@ def v1_plan(
 def _v1_plan(model: SimpleModel, version: str, document: Any, batch: bool | None, max_rows: int) -> Plan:
     if not isinstance(document, dict) or "data" not in document:
         raise InvalidRequest("the body must be a JSON object with a 'data' member")
+    options = v1_options(document)
     data = document["data"]
     if (
         max_rows
@@ -197,9 +219,44 @@ def _v1_plan(model: SimpleModel, version: str, document: Any, batch: bool | None
         batch = is_batch(model, data)
     if not batch:
         row = _single_row(model, data)
-        return _plan(model, version, [[array] for array in row], 1, None, batch=False)
+        return _plan(model, version, [[array] for array in row], 1, None, batch=False, options=options)
     ids, columns = _batch_columns(model, data)
-    return _plan(model, version, columns, len(ids), ids, batch=True)
+    return _plan(model, version, columns, len(ids), ids, batch=True, options=options)
+
+
+def v1_options(document: dict[str, Any]) -> V1Options:
+    """The known fields of a ``/v1`` body beside ``data``, checked (400 naming the field); others are ignored."""
+    webhook = document.get("response_webhook")
+    if webhook is not None and not (isinstance(webhook, str) and webhook):
+        raise InvalidRequest("'response_webhook' must be a URL (a string), such as \"https://example.com/hook\"")
+    ignore = document.get("response_webhook_ignore_timeout", False)
+    if not isinstance(ignore, bool):
+        raise InvalidRequest("'response_webhook_ignore_timeout' must be true or false")
+    if ignore and webhook is None:
+        raise InvalidRequest("'response_webhook_ignore_timeout' applies to asynchronous requests: add 'response_webhook'")
+    timeout = document.get("response_timeout")
+    if timeout is not None and not (
+        isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and math.isfinite(timeout) and timeout > 0
+    ):
+        raise InvalidRequest(f"'response_timeout' must be a positive number of seconds, got {_text(timeout)}")
+    response_format = _response_format(document)
+    if response_format is not None and webhook is not None:
+        # a webhook receives the result in its POST body; a link there would only add a second fetch
+        raise InvalidRequest("'response_format' applies to synchronous requests: drop it or 'response_webhook'")
+    return V1Options(webhook, ignore, None if timeout is None else float(timeout), response_format)
+
+
+#: the values of a ``/v1`` body's ``response_format``: ``links`` answers ``{"data": URL}`` (absent: the answer)
+RESPONSE_FORMATS = ("links",)
+
+
+def _response_format(document: dict[str, Any]) -> str | None:
+    value = document.get("response_format")
+    if value is not None and value not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"'response_format' must be one of {list(RESPONSE_FORMATS)} (or absent), got {_text(value)}"
+        )
+    return value  # type: ignore[no-any-return]
 
 
 def v1_answer(plan: Plan, responses: Sequence[pb.ModelInferResponse]) -> dict[str, Any]:
@@ -432,7 +489,8 @@ def _array(value: Any, spec: _Spec) -> np.ndarray:
 
 
 def _plan(
-    model: SimpleModel, version: str, columns: list[_Column], rows: int, ids: tuple[Any, ...] | None, batch: bool
+    model: SimpleModel, version: str, columns: list[_Column], rows: int, ids: tuple[Any, ...] | None, batch: bool,
+    options: V1Options = V1Options(),
 ) -> Plan:
     """One request per ``max_batch_size`` rows, stacked on the batch dimension, when the model batches; one
     request per row when it does not. ``columns`` holds each input's rows (see :func:`_column`)."""
@@ -448,7 +506,7 @@ def _plan(
         for row in range(rows):
             requests.append(_request(model, version, [column[row] for column in columns]))
             counts.append(0)
-    return Plan(model, tuple(requests), tuple(counts), ids, batch)
+    return Plan(model, tuple(requests), tuple(counts), ids, batch, options)
 
 
 def _rows_of(column: _Column, start: int, size: int, spec: _Spec) -> np.ndarray:

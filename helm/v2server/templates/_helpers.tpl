@@ -65,6 +65,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --exit-timeout-secs={{ .Values.server.exitTimeoutSeconds }}
 - --log-verbose={{ .Values.server.logVerbose }}
 {{- include "v2server.tlsArgs" . }}
+{{- if .Values.state.enabled }}
+- --state-dir={{ include "v2server.stateDir" . }}
+{{- end }}
 {{- range .Values.server.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -113,6 +116,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       - key: ca.crt
         path: ca.crt
       {{- end }}
+{{- end }}
+
+{{/* Where --state-dir lives (state.enabled): aliases, async jobs and their results, outside the model repository,
+     which may stay read-only. A claim keeps them across pod restarts; an emptyDir only as long as the pod. */}}
+{{- define "v2server.stateDir" -}}
+/var/lib/v2server
+{{- end }}
+
+{{- define "v2server.stateVolume" -}}
+- name: state
+  {{- if .Values.state.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.state.existingClaim }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.state.sizeLimit }}
+  {{- end }}
+{{- end }}
+
+{{- define "v2server.stateVolumeMount" -}}
+- name: state
+  mountPath: {{ include "v2server.stateDir" . }}
 {{- end }}
 
 {{- define "v2server.tlsVolumeMount" -}}

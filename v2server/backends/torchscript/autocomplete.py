@@ -55,7 +55,10 @@ def autocomplete_config(config: mc.ModelConfig, module: torch.jit.ScriptModule) 
     schema: torch.FunctionSchema = module.forward.schema  # type: ignore[attr-defined]  # a ScriptMethod
     notes: list[str] = []
     if not config.input:
-        arguments = [a for a in schema.arguments if a.name != "self"]
+        # a sequence model's control and state inputs are the server's to fill, never the request's
+        batching = config.sequence_batching
+        filled = {c.name for c in batching.control_input} | {s.input_name for s in batching.state}
+        arguments = [a for a in schema.arguments if a.name != "self" and a.name not in filled]
         for argument in arguments:
             row, optional = _input_completion(argument)
             config.input.add(name=argument.name, data_type=row.data_type, dims=row.dims, optional=optional)
