@@ -157,17 +157,27 @@ def test_trace_settings_of_an_unknown_model(
     assert caught.value.status() == "StatusCode.NOT_FOUND"
 
 
+def _json_array(path: Path) -> list[Any] | None:
+    """The trace file's array once it is complete and holds something, else None."""
+    try:
+        document = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return document if isinstance(document, list) and document else None
+
+
 def test_traces_go_to_the_triton_file(http: httpclient.InferenceServerClient, files: Path) -> None:
     path = files / "traces.json"
     http.update_trace_settings(settings={"trace_file": "traces.json", "trace_level": ["TIMESTAMPS"], "trace_rate": 1})
     try:
         _simple(http)
         deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:  # written by the tracer's own thread
+        # written by the tracer's own thread: the file may exist, empty, an instant before its array is in it
+        while (written := _json_array(path)) is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         http.update_trace_settings(settings={"trace_level": ["OFF"], "trace_rate": None, "trace_file": None})
-    written = json.loads(path.read_text())
+    assert written, f"no trace in {path} after 10 s"
     header = written[0]
     assert header["model_name"] == "simple" and header["model_version"] == 1 and header["request_id"] == "traced-1"
     stamps = [item["timestamps"][0] for item in written if item.get("id") == header["id"] and "timestamps" in item]
