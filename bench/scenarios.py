@@ -2,6 +2,11 @@
 
 Each scenario is one inference request, encoded three ways: V2 REST with JSON tensors, V2 REST with Triton's
 binary-tensor extension, and a serialised gRPC ``ModelInferRequest`` (tensors in ``raw_input_contents``).
+
+``BATCHING_PAIRS`` are the scenarios measured on v2server alone, many batch-1 clients on the same model with and
+without dynamic batching: the bundled 784-128-10 MLP, whose 34 us forward leaves little to amortise, and
+``heavy_mlp`` (``bench.models``), whose forward is milliseconds at batch 1 and far less per row at batch 64.
+``heavy-b64`` is there for the model's forward time at batch 64 (``bench.run`` times it in-process).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import orjson
 
 from v2server._proto import grpc_service_pb2 as pb
 
-__all__ = ["PROTOCOLS", "SCENARIOS", "Scenario", "Tensor"]
+__all__ = ["BATCHING_PAIRS", "PROTOCOLS", "SCENARIOS", "Scenario", "Tensor"]
 
 #: rest-json, rest-binary and grpc, in the order tables show them
 PROTOCOLS = ("grpc", "rest-binary", "rest-json")
@@ -120,8 +125,25 @@ def _build() -> dict[str, Scenario]:
             "mlp-b1-batching", "mlp", (Tensor("INPUT__0", rng.standard_normal((1, 784), dtype=np.float32)),),
             ("OUTPUT__0",), "mlp-b1 on the dynamically batched copy of the model",
         ),
+        # v2server only: a model whose forward costs milliseconds, and much less per row in a batch
+        Scenario(
+            "heavy-b1", "heavy_mlp", (Tensor("INPUT__0", rng.standard_normal((1, 1024), dtype=np.float32)),),
+            ("OUTPUT__0",), "1024-2048-2048-16 MLP, FP32 [1,1024], no dynamic batching",
+        ),
+        Scenario(
+            "heavy-b1-batching", "heavy_mlp_batching",
+            (Tensor("INPUT__0", rng.standard_normal((1, 1024), dtype=np.float32)),),
+            ("OUTPUT__0",), "heavy-b1 on the dynamically batched copy of the model",
+        ),
+        Scenario(
+            "heavy-b64", "heavy_mlp", (Tensor("INPUT__0", rng.standard_normal((64, 1024), dtype=np.float32)),),
+            ("OUTPUT__0",), "1024-2048-2048-16 MLP, FP32 [64,1024] (its forward time at batch 64)",
+        ),
     ]
     return {s.name: s for s in scenarios}
 
 
 SCENARIOS = _build()
+
+#: (without, with dynamic batching): the same requests to a model and to its dynamically batched copy
+BATCHING_PAIRS = (("mlp-b1", "mlp-b1-batching"), ("heavy-b1", "heavy-b1-batching"))

@@ -209,6 +209,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         "trace": _trace_config(parser, values["trace_config"]),
         "api_keys": api_keys,
         "grpc_use_ssl": values["grpc_use_ssl"] or values["grpc_use_ssl_mutual"],
+        "workers": _workers(parser, values["workers_text"]),
     })
     for option in (option for option in OPTIONS if option.positive):
         value = getattr(settings, option.dest)
@@ -216,10 +217,26 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
             parser.error(f"{option.flags[0]} must be in 1..{option.maximum}")
         if value <= 0:
             parser.error(f"{option.flags[0]} must be positive")
+    if gateway and settings.workers > 1:
+        parser.error("--workers is for the core; a gateway forwards to one (run more gateways for more processes)")
     if settings.load_models and settings.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode=explicit")
     _check_tls(parser, settings, gateway)
     return settings
+
+
+def _workers(parser: argparse.ArgumentParser, text: str) -> int:
+    """``--workers``: a positive count, or ``auto``: the CPUs this process may run on (its affinity, which a
+    container's cpuset narrows, not the machine's count)."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        parser.error(f"--workers must be a positive number or auto, got {text!r}")
+    return count
 
 
 def _buckets(parser: argparse.ArgumentParser, metrics_config: Sequence[str]) -> tuple[float, ...]:
@@ -366,7 +383,8 @@ def with_flag_table(document: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``v2server`` command."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(args)
     # The log settings from here on (levels, format, --log-file); Tornado's own line per request (it costs more
     # than the request itself) only at --log-verbose > 0: --log-requests is the access log.
     from v2server.log_settings import configure_logging
@@ -376,6 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log.error("--log-file %s: %s", settings.log_file, exc.strerror)
         return 1
+
+    if settings.workers > 1:
+        from v2server.workers import is_worker, supervise  # no torch: the supervisor loads no model
+
+        if not is_worker(os.environ):
+            try:
+                return supervise(settings, args)
+            except OSError as exc:  # the metrics port in use
+                log.error("%s", exc)
+                return 1
 
     from v2server.server import run  # imported late: torch takes a while, and --help should not wait
 

@@ -16,11 +16,12 @@ Nothing here imports a transport or the registry: this module sits beside ``erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from v2server._proto import grpc_service_pb2 as pb
+from v2server.wire import Buffer, InferAnswer
 
 __all__ = ["InferenceCore", "InferenceObserver", "InferenceReport"]
 
@@ -57,7 +58,9 @@ class InferenceReport:
     queue_start_ns: int = 0
     input_ns: int = 0
     output_ns: int = 0
-    response: pb.ModelInferResponse | None = None
+    response: InferAnswer | pb.ModelInferResponse | None = None
+    #: the request's raw entries when the transport kept them out of the message (``v2server.wire``)
+    raw_inputs: Sequence[Buffer] | None = None
 
 
 class InferenceObserver(Protocol):
@@ -89,7 +92,9 @@ class InferenceCore(Protocol):
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse: ...
 
     # -- inference
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse: ...
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None
+    ) -> InferAnswer | pb.ModelInferResponse: ...
 
     def ModelStreamInfer(
         self, requests: AsyncIterable[pb.ModelInferRequest]

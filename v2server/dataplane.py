@@ -23,8 +23,10 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from typing import Protocol, TypeVar
+
+from google.protobuf.message import Message
 
 from v2server import __version__
 from v2server._proto import grpc_service_pb2 as pb
@@ -72,8 +74,9 @@ from v2server.shared_memory import (
 from v2server.signature import Signature
 from v2server.tensors import Tensor
 from v2server.tracing import Tracer, trace_changes
+from v2server.wire import Buffer, InferAnswer
 
-__all__ = ["EXTENSIONS", "DataPlane"]
+__all__ = ["EXTENSIONS", "DataPlane", "Peers"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,22 @@ EXTENSIONS: tuple[str, ...] = (
 )
 
 
+class Peers(Protocol):
+    """The other worker processes of this server (``--workers``; ``v2server/workers/``): a change made here
+    (models, aliases, system shared-memory regions, trace and log settings) is made there before it is
+    answered, statistics are summed over all of them, and no worker is ready while one is starting."""
+
+    def all_up(self) -> bool: ...
+
+    async def apply(self, method: str, request: Message) -> None: ...
+
+    async def alias(self, name: str, alias: str, version: int | None) -> None: ...
+
+    async def statistics(
+        self, request: pb.ModelStatisticsRequest, local: pb.ModelStatisticsResponse
+    ) -> pb.ModelStatisticsResponse: ...
+
+
 class DataPlane:
     """The protocol core: one instance serves every transport."""
 
@@ -119,8 +138,11 @@ class DataPlane:
         shared_memory: SharedMemoryRegistry | None = None,
         tracer: Tracer | None = None,
         logs: LogControl | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self._registry = registry
+        #: the other workers (``--workers`` > 1), told of every change made here; None in a single process
+        self._peers = peers
         #: request tracing and the log settings (Triton's trace and logging extensions)
         self._tracer = tracer if tracer is not None else Tracer()
         self._logs = logs if logs is not None else LogControl()
@@ -158,7 +180,8 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and (self._registry.all_ready() or not self._strict_readiness)
+        ready = self._accepting and (self._registry.all_ready() or not self._strict_readiness)
+        return ready and (self._peers is None or self._peers.all_up())
 
     # -- health and metadata -------------------------------------------------------------------------------
 
@@ -204,16 +227,21 @@ class DataPlane:
             handles = self._registry.handles(request.name)
         else:
             handles = self._registry.handles()
-        return pb.ModelStatisticsResponse(model_stats=[handle.stats.to_proto() for handle in handles])
+        response = pb.ModelStatisticsResponse(model_stats=[handle.stats.to_proto() for handle in handles])
+        return response if self._peers is None else await self._peers.statistics(request, response)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self._registry.get(request.name, request.version).config)
 
     # -- inference -----------------------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None
+    ) -> InferAnswer:
         """One inference. A raw binary request (no inputs, one raw entry) is described from the model's config
         first. Observers hear of every request that reached a model version, whether it succeeded or not.
+        ``raw``: the request's raw entries when the transport kept them out of the message (``wire``); the
+        answer keeps the outputs as the model's buffers until the transport writes them (``InferAnswer``).
 
         Cheap checks come first (names, datatypes, shapes, each input's byte count against its shape), then
         the in-flight bytes are reserved until the request ends; a large decode or encode runs in a worker
@@ -221,28 +249,34 @@ class DataPlane:
         handle = self._registry.get(request.model_name, request.model_version)
         if is_decoupled(handle.config):
             raise refusal(handle.name)  # its responses need a stream (ModelStreamInfer)
-        return await self._observed(handle, request)
+        return await self._observed(handle, request, raw)
 
-    async def _observed(self, handle: ModelHandle, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _observed(
+        self, handle: ModelHandle, request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None
+    ) -> InferAnswer:
         """``_infer``, reported to the observers whether it succeeded or not."""
         ran: list[Execution] = []
         started = time.perf_counter_ns() if self._observers else 0  # request traces begin here
-        response: pb.ModelInferResponse | None = None
+        response: InferAnswer | None = None
         try:
-            response = await self._infer(handle, request, ran)
+            response = await self._infer(handle, request, ran, raw)
             return response
         finally:
             if self._observers:
-                report = _report(request, handle, ran, started, response)
+                report = _report(request, handle, ran, started, response, raw)
                 for observer in self._observers:
                     observer.inferred(request, report)
 
     async def _infer(
-        self, handle: ModelHandle, request: pb.ModelInferRequest, ran: list[Execution]
-    ) -> pb.ModelInferResponse:
+        self, handle: ModelHandle, request: pb.ModelInferRequest, ran: list[Execution],
+        wire_raw: Sequence[Buffer] | None = None,
+    ) -> InferAnswer:
         signature = handle.signature
-        raw = list(request.raw_input_contents)  # protobuf copies an entry at every access: once here
-        if is_raw_binary(request):
+        if wire_raw is not None and request.raw_input_contents:
+            raise InvalidRequest("raw_input_contents given twice")  # only a transport could do that
+        # protobuf copies an entry at every access: once here
+        raw = list(request.raw_input_contents) if wire_raw is None else list(wire_raw)
+        if is_raw_binary(request, raw):
             await _offload(len(raw[0]) // 4, complete_raw_binary, request, signature, raw[0])
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
@@ -251,14 +285,15 @@ class DataPlane:
         sequence = sequence_control(request)
         sizes = check_contents(request, raw)
         with self._holding(sizes.nbytes), self._leasing(request, signature, batch_size) as memory:
-            inputs = await _offload(sizes.steps, decode_inputs, request, raw, await _read_regions(memory, request))
+            in_memory = None if memory is None else await _read_regions(memory, request)
+            inputs = await _offload(sizes.steps, decode_inputs, request, raw, in_memory, True)
             del raw  # the tensors hold what they need
             execution = await handle.execute(inputs, outputs, batch_size, priority, timeout_us, sequence)
             ran.append(execution)
             if classes:
                 execution = await _classified(execution, classes, handle)
             del inputs
-            written = await _write_regions(memory, execution.outputs)
+            written = frozenset() if memory is None else await _write_regions(memory, execution.outputs)
             return await _offload(
                 encode_steps(execution.outputs),
                 encode_response, request, handle.name, handle.version, execution.outputs, written,
@@ -378,8 +413,9 @@ class DataPlane:
             yield pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"), True
             return
         if not decoupled:
-            response.parameters[FINAL_RESPONSE].bool_param = True
-            yield pb.ModelStreamInferResponse(infer_response=response), True
+            message = response.to_message()
+            message.parameters[FINAL_RESPONSE].bool_param = True
+            yield pb.ModelStreamInferResponse(infer_response=message), True
             return
         for part, delay in zip(answers, delays, strict=True):
             if delay:
@@ -430,6 +466,7 @@ class DataPlane:
         if failures:
             reasons = "; ".join(f"version {s.version}: {s.reason}" if s.version else s.reason for s in failures)
             raise InvalidRequest(f"failed to load '{request.model_name}': {reasons}")
+        await self._tell_peers("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -438,7 +475,14 @@ class DataPlane:
         """Unload a model once its in-flight requests finish (no model here has dependents to unload)."""
         self._check_explicit("unload")
         await self._registry.unload(request.model_name)
+        await self._tell_peers("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
+
+    async def _tell_peers(self, method: str, request: Message) -> None:
+        """Make the change ``method(request)`` just made here in the other workers too, before answering (a
+        failure here is answered at once: the others would fail alike)."""
+        if self._peers is not None:
+            await self._peers.apply(method, request)
 
     def _check_explicit(self, action: str) -> None:
         if self._control_mode != "explicit":
@@ -457,10 +501,16 @@ class DataPlane:
         return self._registry.aliases(name)
 
     async def set_model_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
-        return await self._registry.set_alias(name, alias, version)
+        aliases = await self._registry.set_alias(name, alias, version)
+        if self._peers is not None:
+            await self._peers.alias(name, alias, version)
+        return aliases
 
     async def delete_model_alias(self, name: str, alias: str) -> dict[str, int]:
-        return await self._registry.delete_alias(name, alias)
+        aliases = await self._registry.delete_alias(name, alias)
+        if self._peers is not None:
+            await self._peers.alias(name, alias, None)
+        return aliases
 
     # -- shared memory (v2server/shared_memory/): regions of both kinds share one namespace, as in Triton --------
 
@@ -479,6 +529,7 @@ class DataPlane:
     ) -> pb.SystemSharedMemoryRegisterResponse:
         """Map a client's ``/dev/shm`` segment (a few system calls: inline)."""
         self.shared_memory.register_system(request.name, request.key, request.offset, request.byte_size)
+        await self._tell_peers("SystemSharedMemoryRegister", request)
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(
@@ -486,6 +537,7 @@ class DataPlane:
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         """One region, or all system regions when no name is given; an unknown name is no error (Triton)."""
         self.shared_memory.unregister("system", request.name)
+        await self._tell_peers("SystemSharedMemoryUnregister", request)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(
@@ -525,6 +577,7 @@ class DataPlane:
             self._tracer.update(request.model_name, trace_changes(request))
             if self._tracer.active:
                 self.observe(self._tracer)
+            await self._tell_peers("TraceSetting", request)
         response = pb.TraceSettingResponse()
         for name, values in self._tracer.settings(request.model_name).items():
             response.settings[name].value.extend(values)
@@ -534,6 +587,8 @@ class DataPlane:
         """Read or change the log settings, which apply at once; answers those in force afterwards."""
         changes = log_changes(request)
         state = self._logs.update(changes) if changes else self._logs.state
+        if changes:
+            await self._tell_peers("LogSettings", request)
         return log_response(state)
 
 
@@ -567,9 +622,11 @@ def _report(
     handle: ModelHandle,
     ran: list[Execution],
     started: int,
-    response: pb.ModelInferResponse | None,
+    response: InferAnswer | None,
+    raw: Sequence[Buffer] | None = None,
 ) -> InferenceReport:
-    """What the observers hear of one request (``ran``: its execution, if it got that far)."""
+    """What the observers hear of one request (``ran``: its execution, if it got that far; ``raw``: its raw
+    entries when the transport kept them out of the message)."""
     if not ran:
         return InferenceReport(
             request.id, handle.name, str(handle.version), start_ns=started, end_ns=time.perf_counter_ns()
@@ -578,7 +635,7 @@ def _report(
     return InferenceReport(
         request.id, handle.name, str(handle.version), execution.batch_size, execution.queue_ns,
         execution.compute_ns, started, time.perf_counter_ns(), execution.started_ns, execution.input_ns,
-        execution.output_ns, response,
+        execution.output_ns, response, raw,
     )
 
 

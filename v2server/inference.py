@@ -29,10 +29,12 @@ from v2server.tensors import (
     check_raw_size,
     count_bytes_elements,
     element_count,
+    from_checked_raw,
     from_contents,
     from_raw,
-    to_raw,
+    raw_view,
 )
+from v2server.wire import Buffer, InferAnswer
 
 __all__ = [
     "OFFLOAD_STEPS",
@@ -72,9 +74,10 @@ class InputSizes:
     nbytes: int
 
 
-def is_raw_binary(request: pb.ModelInferRequest) -> bool:
-    """Whether ``request`` is a raw binary request: no inputs described, one raw entry holding the input."""
-    return not request.inputs and len(request.raw_input_contents) == 1
+def is_raw_binary(request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None) -> bool:
+    """Whether ``request`` is a raw binary request: no inputs described, one raw entry holding the input
+    (``raw``: its raw entries, when they travel beside the message)."""
+    return not request.inputs and len(request.raw_input_contents if raw is None else raw) == 1
 
 
 def complete_raw_binary(request: pb.ModelInferRequest, signature: Signature, raw: bytes | None = None) -> None:
@@ -139,20 +142,27 @@ def check_contents(request: pb.ModelInferRequest, raw: Sequence[bytes] | None = 
 
 
 def decode_inputs(
-    request: pb.ModelInferRequest, raw: Sequence[bytes] | None = None, in_memory: Mapping[str, Tensor] | None = None
+    request: pb.ModelInferRequest,
+    raw: Sequence[Buffer] | None = None,
+    in_memory: Mapping[str, Tensor] | None = None,
+    checked: bool = False,
 ) -> list[Tensor]:
     """The request's input tensors, from raw or typed contents (names, datatypes and shapes checked before),
     or, for those that name a shared-memory region, from ``in_memory`` (``shared_memory.read_inputs``).
 
-    Every input's size is checked (``check_contents``) before any input is decoded. A large request takes
-    ``check_contents(...).steps`` steps here, which the caller runs in a worker thread.
+    Every input's size is checked (``check_contents``) before any input is decoded; ``checked``: the caller
+    did that with these very ``raw`` entries. A large request takes ``check_contents(...).steps`` steps here,
+    which the caller runs in a worker thread.
     """
     raw = list(request.raw_input_contents) if raw is None else raw
-    check_contents(request, raw)
+    if not checked:
+        check_contents(request, raw)
     if in_memory is not None:
         return _decode_beside_memory(request, raw, in_memory)
     if raw:
-        return [from_raw(t.name, t.datatype, t.shape, data) for t, data in zip(request.inputs, raw, strict=True)]
+        return [
+            from_checked_raw(t.name, t.datatype, t.shape, data) for t, data in zip(request.inputs, raw, strict=True)
+        ]
     return [from_contents(t.name, t.datatype, t.shape, t.contents) for t in request.inputs]
 
 
@@ -214,8 +224,8 @@ def encode_response(
     version: int,
     outputs: Sequence[Tensor],
     in_memory: Collection[str] = (),
-) -> pb.ModelInferResponse:
-    """The response with one raw entry per output, in order. An output written to shared memory (named in
+) -> InferAnswer:
+    """The response with one raw entry per output, in order (the arrays themselves: ``InferAnswer``). An output written to shared memory (named in
     ``in_memory``) gets an empty entry, as from Triton, and the request's shared-memory parameters back."""
     response = pb.ModelInferResponse(
         model_name=model_name,
@@ -225,8 +235,8 @@ def encode_response(
             pb.ModelInferResponse.InferOutputTensor(name=t.name, datatype=t.datatype.name, shape=t.shape)
             for t in outputs
         ],
-        raw_output_contents=[b"" if t.name in in_memory else to_raw(t) for t in outputs],
     )
+    answer = InferAnswer(response, [b"" if t.name in in_memory else raw_view(t) for t in outputs])
     if in_memory:
         asked = {output.name: output.parameters for output in request.outputs}
         for output in response.outputs:
@@ -234,7 +244,7 @@ def encode_response(
                 for key in SHM_PARAMETERS:
                     if key in asked[output.name]:
                         output.parameters[key].CopyFrom(asked[output.name][key])
-    return response
+    return answer
 
 
 def schedule_parameters(request: pb.ModelInferRequest) -> tuple[int, int]:

@@ -39,6 +39,8 @@ from v2server.settings import Settings
 from v2server.shared_memory import SharedMemoryRegistry
 from v2server.tls import grpc_channel_credentials, http_ssl_context
 from v2server.tracing import Tracer
+from v2server.workers.identity import WorkerIdentity
+from v2server.workers.worker import WorkerRole
 
 __all__ = ["RestGateway", "V2Server", "run", "serve"]
 
@@ -60,6 +62,8 @@ class RestGateway:
     idle_timeout: float = 60.0
     #: and its body within this
     body_timeout: float = 300.0
+    #: SO_REUSEPORT: several worker processes listen on the same port (``--workers``)
+    reuse_port: bool = False
     bound_port: int | None = field(init=False, default=None)
     _server: tornado.httpserver.HTTPServer | None = field(init=False, default=None)
 
@@ -79,7 +83,7 @@ class RestGateway:
             idle_connection_timeout=self.idle_timeout, body_timeout=self.body_timeout,
         )
         try:
-            sockets = tornado.netutil.bind_sockets(self.port, self.address)
+            sockets = tornado.netutil.bind_sockets(self.port, self.address, reuse_port=self.reuse_port)
         except OSError as exc:
             raise OSError(f"cannot listen for HTTP on {self.address}:{self.port}: {exc.strerror}") from exc
         self._server.add_sockets(sockets)
@@ -120,9 +124,15 @@ class V2Server:
     results: ResultStore | None = field(init=False, default=None)
     #: v2server_event_loop_lag_seconds on /metrics; samples from start to stop
     loop_lag: LoopLagSampler = field(init=False, default_factory=LoopLagSampler)
+    #: one worker of several (``--workers``; the supervisor set its identity): None in a single process
+    worker: WorkerRole | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
+        identity = WorkerIdentity.from_environ()
+        if identity is not None:
+            self.worker = WorkerRole(identity)
+            self.worker.tag_logs()
         self.registry = Registry(
             settings.model_repositories, settings.strict_model_config, self._readiness_changed,
             settings.latency_buckets_us, dict(settings.single_models), alias_files=AliasFiles(settings.state_dir),
@@ -135,6 +145,7 @@ class V2Server:
             max_inflight_bytes=settings.max_inflight_bytes, max_stream_pending=settings.grpc_max_stream_pending,
             shared_memory=SharedMemoryRegistry(settings.max_shm_regions, settings.allow_client_shm),
             tracer=self.tracer, logs=LogControl(LogState.from_settings(settings), settings.api_file_dir),
+            peers=self.worker.peers if self.worker is not None else None,
         )
 
     @property
@@ -153,7 +164,7 @@ class V2Server:
         self.keys.announce()
         self.loop_lag.start()
         try:
-            self.jobs = _job_service(settings, self.core)
+            self.jobs = _job_service(settings, self.core, self.worker)
             await self.jobs.open()
             self.results = open_store(settings)
             await self.results.start()
@@ -167,19 +178,30 @@ class V2Server:
             reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
             await self.stop(grace=0)
             raise ModelLoadError(f"models failed to load (--exit-on-error): {reasons}")
+        if self.worker is not None:
+            await self.worker.catch_up(self.core)  # what the other workers changed before and meanwhile
+            self.worker.warn_about_gpus(self.registry.handles())
         self.core.set_accepting(True)
         assert self.jobs is not None
         await self.jobs.start()
         await self._readiness_changed()
+        if self.worker is not None:
+            self.worker.serving(self._readiness_changed)
         if settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll(settings.repository_poll_seconds))
-        log.info("server ready: %s", self.core.ready)
+        if self.worker is None:
+            log.info("server ready: %s", self.core.ready)
+        else:  # the supervisor says when the server is ready: once every worker is up
+            log.info("worker up: models loaded")
 
     async def _listen(self) -> None:
         """Start the enabled listeners; a TLS file that cannot be used raises ``V2Error``, a busy port ``OSError``."""
         settings = self.settings
+        reuse_port = self.worker is not None
         if settings.allow_grpc:
-            self._grpc, self.grpc_port, self._health = create_grpc_server(self.core, settings, self.access, self.keys)
+            self._grpc, self.grpc_port, self._health = create_grpc_server(
+                self.core, settings, self.access, self.keys, reuse_port=reuse_port
+            )
             await set_serving(self._health, False)
             await self._grpc.start()
             log.info("gRPC server listening on %s:%d", settings.grpc_address, self.grpc_port)
@@ -193,10 +215,15 @@ class V2Server:
                 ),
                 settings, settings.http_address, settings.http_port, settings.http_max_body_size,
             )
+            if self.worker is not None:
+                self._rest.reuse_port = True
+                self._rest.app.add_transform(self.worker.header())
             self.http_port = self._rest.start()
             log.info("HTTP server listening on %s:%d", settings.http_address, self.http_port)
-        if settings.allow_metrics:
-            metrics = make_registry(lambda: (handle.stats for handle in self.registry.handles()), loop_lag=self.loop_lag)
+        metrics = make_registry(lambda: (handle.stats for handle in self.registry.handles()), loop_lag=self.loop_lag)
+        if self.worker is not None:  # the supervisor serves /metrics: this worker's own go to it privately
+            await self.worker.open(self.core, lambda: render(metrics)[0])
+        elif settings.allow_metrics:
             self._metrics = RestGateway.for_settings(
                 make_metrics_app(lambda: render(metrics), self.keys if settings.metrics_api_key_required else None),
                 settings, settings.metrics_address, settings.metrics_port, 1 << 16,
@@ -240,6 +267,8 @@ class V2Server:
         for listener in (self._rest, self._metrics):
             if listener is not None:
                 await listener.stop()
+        if self.worker is not None:
+            await self.worker.close()
         await self.registry.close()
         if self.results is not None:
             await self.results.close()  # a folder the store made is removed; a --results-dir stays
@@ -254,7 +283,7 @@ class V2Server:
         return list(dict.fromkeys(self.settings.load_models))
 
 
-def _job_service(settings: Settings, core: DataPlane) -> JobService:
+def _job_service(settings: Settings, core: DataPlane, worker: WorkerRole | None = None) -> JobService:
     """Asynchronous /v1 jobs, kept under --state-dir (in memory without it), with the settings' limits."""
     limits = JobLimits(
         max_pending=settings.max_pending_jobs, max_running=settings.max_running_jobs,
@@ -263,7 +292,10 @@ def _job_service(settings: Settings, core: DataPlane) -> JobService:
         result_ttl=settings.job_result_ttl_seconds, record_ttl=settings.job_record_ttl_seconds,
         allow=settings.webhook_allow, secret=settings.webhook_secret, webhook_timeout=settings.webhook_timeout_seconds,
     )
-    return JobService(core, JobStore.in_state_dir(settings.state_dir), limits)
+    store = JobStore.in_state_dir(settings.state_dir)
+    if worker is not None and settings.state_dir is not None:  # one database per worker: SQLite has one writer
+        store = JobStore(settings.state_dir / f"jobs-worker-{worker.identity.index}.sqlite3")
+    return JobService(core, store, limits)
 
 
 def _access_log(settings: Settings) -> AccessLog | None:

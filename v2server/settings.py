@@ -225,6 +225,13 @@ class Settings:
                                            help="on SIGTERM, how long in-flight requests get to finish")
     event_loop: str = option("auto", "--event-loop", choices=("auto", "uvloop", "asyncio"),
                              help="uvloop (auto: where installed) is faster than asyncio's own loop")
+    #: server processes (``--workers``; ``auto`` resolved by cli.py); 1 is one process and no supervisor
+    workers: int = derived(
+        1,
+        Option(("--workers",), "server processes sharing the HTTP and gRPC ports (SO_REUSEPORT) under a "
+               "supervisor that restarts them and serves their summed /metrics; auto: one per CPU this process may "
+               "run on. Each worker holds its own copy of every model (memory x N): keep 1 on GPUs "
+               "(docs/operations.md)", metavar="N|auto", dest="workers_text", default="1"))
     metrics_api_key_required: bool = option(
         False, "--metrics-api-key-required", kind="bool",
         help="/metrics needs an API key like every other route (false: open, as in Triton)")

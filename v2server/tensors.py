@@ -345,6 +345,15 @@ def from_raw(name: str, datatype_name: str, shape: Sequence[int], raw: bytes) ->
     return Tensor(name, dt, _raw_array(dt, shape, raw, f"input '{name}'", InvalidRequest))
 
 
+def from_checked_raw(name: str, datatype_name: str, shape: Sequence[int], raw: bytes | memoryview) -> Tensor:
+    """``from_raw`` for an input that ``check_raw_size`` passed: its datatype, shape and byte count are not
+    checked again (a BYTES input's elements still are, as they are read)."""
+    dt = DATATYPES[datatype_name]
+    if dt.name == "BYTES":
+        return from_raw(name, datatype_name, shape, raw)
+    return Tensor(name, dt, np.frombuffer(raw, dtype=dt.numpy).reshape(tuple(shape)))
+
+
 def check_raw_size(name: str, datatype_name: str, shape: Sequence[int], size: int) -> None:
     """The checks of a raw input that come before any per-element work: its datatype, its shape, and its byte
     count against the shape (exact for fixed-size datatypes; at least 4 bytes per BYTES element)."""
@@ -422,6 +431,15 @@ def _storage_in_slices(name: str, dt: DataType, values: Sequence[Any]) -> np.nda
     for start in range(CHUNK, len(values), CHUNK):
         array[start : start + CHUNK] = storage_array(name, dt, values[start : start + CHUNK])
     return array
+
+
+def raw_view(tensor: Tensor) -> bytes | memoryview:
+    """The raw wire bytes of a tensor without copying them where its array is already row-major: a byte view
+    (``len`` is its size in bytes) that keeps the array alive."""
+    if tensor.datatype.name == "BYTES":
+        return serialize_bytes(tensor.array)
+    array = np.ascontiguousarray(tensor.array)
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def to_raw(tensor: Tensor) -> bytes:

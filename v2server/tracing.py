@@ -52,6 +52,7 @@ from v2server.errors import InvalidRequest, V2Error
 from v2server.names import check_client_file
 from v2server.settings import TRACE_LEVELS, TraceConfig
 from v2server.tensors import from_contents, from_raw
+from v2server.wire import Buffer, InferAnswer
 
 __all__ = ["TRACE_SETTINGS", "Tracer", "trace_changes"]
 
@@ -320,7 +321,7 @@ class _TracePieces:
         if tensors:
             objects += [
                 {"id": trace_id, "activity": activity, "tensor": tensor}
-                for activity, tensor in _tensors(request, report.response)
+                for activity, tensor in _tensors(request, report.response, report.raw_inputs)
             ]
         return objects
 
@@ -343,13 +344,14 @@ def _timestamps(report: InferenceReport) -> list[tuple[str, int]]:
 
 
 def _tensors(
-    request: pb.ModelInferRequest, response: pb.ModelInferResponse | None
+    request: pb.ModelInferRequest, response: InferAnswer | pb.ModelInferResponse | None,
+    raw_inputs: Sequence[Buffer] | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """The request's inputs (TENSOR_QUEUE_INPUT) and the response's outputs (TENSOR_BACKEND_OUTPUT) as Triton
     writes them: values comma-separated, BYTES quoted; a tensor that is not in the message (shared memory) is
     left out."""
     found: list[tuple[str, dict[str, str]]] = []
-    raw = list(request.raw_input_contents)
+    raw = list(request.raw_input_contents) if raw_inputs is None else list(raw_inputs)
     entries = iter(raw)
     for tensor in request.inputs:
         try:

@@ -1,5 +1,7 @@
 -- wrk script: POST one body from a file with extra headers, and print the results as one JSON line.
 -- usage: wrk -s bench/wrk/post.lua URL -- BODY_FILE ["Header: value" ...]
+-- "requests" is every response completed in the run: bench/measure.py divides the server's CPU time over the
+-- run by it (CPU per inference); requests still in flight when wrk stops are not counted.
 
 function init(args)
   local file = assert(io.open(args[1], "rb"))

@@ -6,13 +6,14 @@ output, and reports each inference to its observers as a data plane would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import model_config_pb2 as mc
 from v2server.core import InferenceObserver, InferenceReport
 from v2server.errors import ModelNotFound, Unsupported
+from v2server.wire import Buffer
 
 CONFIG = mc.ModelConfig(
     name="m",
@@ -65,7 +66,9 @@ class FakeCore:
         self.calls.append(("RepositoryIndex", request))
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(name="m", state="READY")])
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None) -> pb.ModelInferResponse:
+        if raw is not None:  # recorded as one message, as a remote core would send it
+            request.raw_input_contents.extend(bytes(entry) for entry in raw)
         self.calls.append(("ModelInfer", request))
         self._model(request.model_name)
         for observer in self.observers:

@@ -60,7 +60,8 @@ async def test_errors_keys_and_the_access_log(served: tuple[FakeCore, AccessLog,
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "v2server.access"]
     infer = [line for line in lines if line["route"].endswith("/ModelInfer")]
     assert [(line["status"], line["request_id"], line["model"], line["batch_size"]) for line in infer] == [
-        ("OK", "g1", "m", 4), ("INVALID_ARGUMENT", "g1", "m", 4),  # a refused call is not logged (today)
+        ("OK", "g1", "m", 4), ("INVALID_ARGUMENT", "g1", "m", 4),
+        ("UNAUTHENTICATED", "", "", 0),  # a refused call is logged too, before the core saw it
     ]
     assert infer[0]["queue_us"] == 2.0 and infer[0]["compute_us"] == 3.0
 

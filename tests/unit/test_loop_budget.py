@@ -78,14 +78,14 @@ async def test_health_is_answered_while_a_large_body_is_parsed(
 ) -> None:
     """The parse of a large body is held until the health answer is in: it can be held only off the loop."""
     started, release = threading.Event(), threading.Event()
-    parse = handlers.parse_infer_request
+    parse = handlers.parse_infer_parts
 
     def held_parse(*args: Any) -> Any:
         started.set()
         release.wait(timeout=10)  # on the loop (the old way), this would hold the health request behind it
         return parse(*args)
 
-    monkeypatch.setattr(handlers, "parse_infer_request", held_parse)
+    monkeypatch.setattr(handlers, "parse_infer_parts", held_parse)
     fetch = await serve(make_app(FakeCore()))
     body = _v2_body(np.arange(20_000, dtype=np.float32))
     assert len(body) > INLINE_BYTES
@@ -153,12 +153,12 @@ class CountingCore(FakeCore):
         self.in_flight = 0
         self.most = 0
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, raw: Any = None) -> pb.ModelInferResponse:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:
             await asyncio.sleep(0)
-            return await super().ModelInfer(request)
+            return await super().ModelInfer(request, raw)
         finally:
             self.in_flight -= 1
 

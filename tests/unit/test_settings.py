@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "docs" / "configuration.md"
 KIND_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "path": Path}
 #: fields no one flag sets: cli.py computes them from --model-dir/--model-name, --metrics-config, --trace-config
-DERIVED = {"single_models", "latency_buckets_us", "trace"}
+DERIVED = {"single_models", "latency_buckets_us", "trace", "workers"}
 
 
 def test_the_flag_table_in_docs_is_current() -> None:

@@ -10,16 +10,14 @@ Each route family gets its ``Dependencies`` here, error style included: ``{"erro
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import tornado.web
 
 from v2server.access_log import AccessLog
 from v2server.auth import ApiKeys
 from v2server.core import InferenceCore
-from v2server.errors import Unauthenticated
 from v2server.jobs import handlers as job_handlers
 from v2server.jobs.runner import JobService
 from v2server.rest_api import (
@@ -32,6 +30,7 @@ from v2server.rest_api import (
 )
 from v2server.rest_api.base import Dependencies
 from v2server.rest_api.error_bodies import predict_error_body
+from v2server.rest_api.metrics_app import make_metrics_app
 from v2server.results import ResultStore
 
 __all__ = ["make_app", "make_metrics_app"]
@@ -75,6 +74,8 @@ def make_app(
     v2 = {"deps": deps}  # the V2 and /v1 routes answer errors as {"error": ...}
     predict = {"deps": dataclasses.replace(deps, error_body=predict_error_body), "default_model": default_model}
     routes: list[Any] = [
+        # Tornado tries the routes in order: inference, the busiest, first (no other route ends in /infer)
+        (_MODEL + r"/infer", handlers.InferHandler, v2),
         (r"/v2/health/(live|ready)", handlers.HealthHandler, v2),
         (r"/v2/?", handlers.ServerMetadataHandler, v2),
         (r"/v2/repository(?:/(?P<repository>[^/]+))?/index", handlers.RepositoryIndexHandler, v2),
@@ -88,7 +89,6 @@ def make_app(
         (_MODEL + r"/stats", handlers.ModelStatisticsHandler, v2),
         (_MODEL + r"/ready", handlers.ModelReadyHandler, v2),
         (_MODEL + r"/config", handlers.ModelConfigHandler, v2),
-        (_MODEL + r"/infer", handlers.InferHandler, v2),
         (r"/v2/trace/setting", settings_handlers.TraceSettingHandler, v2),
         (_MODEL + r"/trace/setting", settings_handlers.TraceSettingHandler, v2),
         (r"/v2/logging", settings_handlers.LoggingHandler, v2),
@@ -115,33 +115,3 @@ def make_app(
     )
 
 
-class _MetricsHandler(tornado.web.RequestHandler):
-    """``GET /metrics``: Prometheus text, computed from the statistics at scrape time; behind the API keys
-    when ``--metrics-api-key-required``."""
-
-    def initialize(self, render: Callable[[], tuple[bytes, str]], keys: ApiKeys | None) -> None:
-        self._render = render
-        self._keys = keys
-
-    def prepare(self) -> None:
-        if self._keys is not None:
-            try:
-                self._keys.check(self.request.headers.get("Authorization"))
-            except Unauthenticated as exc:
-                self.set_status(401)
-                self.set_header("Content-Type", "application/json")
-                self.finish(orjson.dumps({"error": exc.message}))
-
-    def get(self) -> None:
-        body, content_type = self._render()
-        self.set_header("Content-Type", content_type)
-        self.finish(body)
-
-
-def make_metrics_app(
-    render: Callable[[], tuple[bytes, str]], keys: ApiKeys | None = None
-) -> tornado.web.Application:
-    """The metrics listener's application (Triton serves ``/metrics`` on its own port, 8002); ``keys``:
-    scrapes need one of them."""
-    keys = keys if keys is not None and keys.enabled else None
-    return tornado.web.Application([(r"/metrics", _MetricsHandler, {"render": render, "keys": keys})])

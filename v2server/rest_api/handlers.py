@@ -20,11 +20,12 @@ from v2server.rest_api.json_codec import (
     HEADER_LENGTH,
     OutputOptions,
     message_to_json,
-    parse_infer_request,
-    parse_raw_binary_request,
+    parse_infer_parts,
+    parse_raw_binary_parts,
     parse_repository_request,
     render_infer_response,
 )
+from v2server.wire import Buffer
 
 __all__ = [
     "HealthHandler",
@@ -153,10 +154,10 @@ class InferHandler(V2Handler):
         header_length = self._header_length()
         compressed = (encoding or "").strip().lower() not in ("", "identity")
         work = self.body_size * (MAX_INFLATE_RATIO if compressed else 1)
-        request, options = await run_sized(
+        request, options, raw = await run_sized(
             work, _read_request, name, version or "", self.body_parts, encoding, header_length, self.max_body_size
         )
-        response = await self.run_core(self.model_infer(request))
+        response = await self.run_core(self.model_infer(request, raw))
         if response is None:
             return  # the client went away; its work was dropped and there is no one to answer
         size = sum(map(len, response.raw_output_contents))
@@ -184,12 +185,12 @@ class InferHandler(V2Handler):
 
 def _read_request(
     name: str, version: str, parts: list[bytes], encoding: str | None, header_length: int | None, limit: int
-) -> tuple[pb.ModelInferRequest, OutputOptions]:
-    """The body (its pieces joined, inflated under ``limit``) as the core's request."""
-    body = decode_body(b"".join(parts), encoding, limit)
+) -> tuple[pb.ModelInferRequest, OutputOptions, list[Buffer]]:
+    """The body (its pieces joined, inflated under ``limit``) as the core's request and its raw entries."""
+    body = decode_body(parts[0] if len(parts) == 1 else b"".join(parts), encoding, limit)
     if header_length == 0:
-        return parse_raw_binary_request(name, version, body)
-    return parse_infer_request(name, version, body, header_length)
+        return parse_raw_binary_parts(name, version, body)
+    return parse_infer_parts(name, version, body, header_length)
 
 
 def _write_answer(

@@ -37,7 +37,8 @@ from v2server.rest_api.messages import (
     parameters_to_json,
     parse_repository_request,
 )
-from v2server.tensors import Tensor, bytes_array, output_array, to_raw
+from v2server.tensors import Tensor, bytes_array, output_array, raw_view
+from v2server.wire import Buffer
 
 __all__ = [
     "HEADER_LENGTH",
@@ -45,7 +46,9 @@ __all__ = [
     "json_to_parameters",
     "message_to_json",
     "parameters_to_json",
+    "parse_infer_parts",
     "parse_infer_request",
+    "parse_raw_binary_parts",
     "parse_raw_binary_request",
     "parse_repository_request",
     "render_infer_response",
@@ -88,7 +91,18 @@ class OutputOptions:
 def parse_infer_request(
     model_name: str, model_version: str, body: bytes, header_length: int | None
 ) -> tuple[pb.ModelInferRequest, OutputOptions]:
-    """A V2 JSON inference request (with Triton's binary extension) as the core's protobuf request.
+    """:func:`parse_infer_parts` with the raw entries in the message (``raw_input_contents``)."""
+    request, options, raw = parse_infer_parts(model_name, model_version, body, header_length)
+    request.raw_input_contents.extend(bytes(entry) for entry in raw)
+    return request, options
+
+
+def parse_infer_parts(
+    model_name: str, model_version: str, body: bytes, header_length: int | None
+) -> tuple[pb.ModelInferRequest, OutputOptions, list[Buffer]]:
+    """A V2 JSON inference request (with Triton's binary extension) as the core's protobuf request and its
+    raw entries, kept out of the message (``core.ModelInfer``'s ``raw``): binary inputs are views of
+    ``body`` and JSON ones the parsed arrays' memory, so no tensor is copied on its way to the model.
 
     Args:
         model_name: from the URL.
@@ -110,14 +124,17 @@ def parse_infer_request(
         document = chunked_json.loads(body, json_end, defer=True)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    raw: list[Buffer] = []
     try:
-        return _infer_request(model_name, model_version, document, view, json_end)
+        request, options = _infer_request(model_name, model_version, document, view, json_end, raw)
+        return request, options, raw
     finally:
-        chunked_json.discard(document)  # a large document is freed here, in steps (see discard)
+        if json_end > 2 * chunked_json.CHUNK_ELEMENTS:  # smaller JSON cannot hold a list of more values than that
+            chunked_json.discard(document)  # a large document is freed here, in steps (see discard)
 
 
 def _infer_request(
-    model_name: str, model_version: str, document: Any, view: memoryview, json_end: int
+    model_name: str, model_version: str, document: Any, view: memoryview, json_end: int, raw: list[Buffer]
 ) -> tuple[pb.ModelInferRequest, OutputOptions]:
     if not isinstance(document, dict):
         raise InvalidRequest("request JSON must be an object")
@@ -141,7 +158,7 @@ def _infer_request(
         raise InvalidRequest("request JSON needs 'inputs', a list of input tensors")
     offset = json_end
     for index, item in enumerate(inputs):
-        offset = _parse_input(item, index, request, view, offset, default_codec)
+        offset = _parse_input(item, index, request, raw, view, offset, default_codec)
     if offset != len(view):
         raise InvalidRequest(
             f"the body has {len(view) - offset} bytes after the binary inputs that no input's "
@@ -157,19 +174,29 @@ def _infer_request(
 def parse_raw_binary_request(
     model_name: str, model_version: str, body: bytes
 ) -> tuple[pb.ModelInferRequest, OutputOptions]:
+    """:func:`parse_raw_binary_parts` with the body in the message (``raw_input_contents``)."""
+    request, options, raw = parse_raw_binary_parts(model_name, model_version, body)
+    request.raw_input_contents.extend(raw)
+    return request, options
+
+
+def parse_raw_binary_parts(
+    model_name: str, model_version: str, body: bytes
+) -> tuple[pb.ModelInferRequest, OutputOptions, list[Buffer]]:
     """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the body is the single input's bytes.
 
     The request carries no input description: the core describes the one input from the model's config
     (``inference.complete_raw_binary``), so gateway mode needs one RPC. Every output comes back binary.
     """
-    request = pb.ModelInferRequest(model_name=model_name, model_version=model_version, raw_input_contents=[body])
-    return request, OutputOptions(binary_default=True)
+    request = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
+    return request, OutputOptions(binary_default=True), [body]
 
 
 def _parse_input(
-    item: Any, index: int, request: pb.ModelInferRequest, view: memoryview, offset: int, default: Codec | None
+    item: Any, index: int, request: pb.ModelInferRequest, raw: list[Buffer], view: memoryview, offset: int,
+    default: Codec | None,
 ) -> int:
-    """Append one JSON input (tensor and raw contents) to ``request``; returns the new binary offset."""
+    """Append one JSON input to ``request`` and its contents to ``raw``; returns the new binary offset."""
     if not isinstance(item, dict):
         raise InvalidRequest(f"inputs[{index}] must be an object")
     name = item.get("name")
@@ -207,7 +234,7 @@ def _parse_input(
             raise InvalidRequest(
                 f"{where}: binary_data_size {size} exceeds the {len(view) - offset} bytes left in the body"
             )
-        request.raw_input_contents.append(bytes(view[offset : offset + size]))
+        raw.append(view[offset : offset + size])
         return offset + size
     if _SHM in parameters:  # the core reads (or refuses) shared memory; no raw entry, as over gRPC
         return offset
@@ -228,7 +255,7 @@ def _parse_input(
     if count != needed:
         raise InvalidRequest(f"{where}: data has {count} elements but shape {shape} needs {needed}")
     array = values if isinstance(values, np.ndarray) else bytes_array(values)
-    request.raw_input_contents.append(to_raw(Tensor(name, DATATYPES[type_name], array)))
+    raw.append(raw_view(Tensor(name, DATATYPES[type_name], array)))
     return offset
 
 
@@ -324,7 +351,8 @@ def render_infer_response(
     if len(raws) != len(response.outputs):
         raise V2Error(f"the response has {len(raws)} raw_output_contents for {len(response.outputs)} outputs")
     outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[Buffer] = []
+    values_in_json = 0  # JSON values the document holds: a small one is rendered at once
     for output, raw in zip(response.outputs, raws, strict=False):
         entry: dict[str, Any] = {
             "name": output.name,
@@ -344,6 +372,7 @@ def render_infer_response(
                 parameters["content_type"] = codec.name
             values = output_array(output.name, output.datatype, output.shape, raw).reshape(-1)
             data = (codec or _DEFAULT_CODEC).encode(values, output.datatype, output.name)
+            values_in_json += values.size
         if parameters:
             entry["parameters"] = parameters
         if data is not None:
@@ -356,10 +385,17 @@ def render_infer_response(
     if response.parameters:
         document["parameters"] = parameters_to_json(response.parameters)
     document["outputs"] = outputs
-    header = chunked_json.dumps(document, orjson.OPT_SERIALIZE_NUMPY)
+    if values_in_json <= _RENDER_AT_ONCE:  # names, shapes and parameters are few: no need to weigh them
+        header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    else:
+        header = chunked_json.dumps(document, orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+#: a response document with at most this many tensor values is rendered by one ``orjson.dumps`` call
+_RENDER_AT_ONCE = chunked_json.CHUNK_ELEMENTS // 2
 
 
 def _output_codec(output: pb.ModelInferResponse.InferOutputTensor, options: OutputOptions) -> Codec | None:

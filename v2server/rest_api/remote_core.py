@@ -9,7 +9,7 @@ errors arrive as ``grpc.RpcError`` with their status code, which the REST error 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -18,6 +18,7 @@ from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
 from v2server.core import InferenceObserver
 from v2server.errors import Unsupported
+from v2server.wire import Buffer
 
 __all__ = ["RemoteCore", "connect"]
 
@@ -73,7 +74,12 @@ class RemoteCore:
 
     # -- inference
 
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, raw: Sequence[Buffer] | None = None
+    ) -> pb.ModelInferResponse:
+        """``raw``: entries kept out of the message by the caller go into it here, for the wire."""
+        if raw is not None:
+            request.raw_input_contents.extend(bytes(entry) for entry in raw)
         return await self._call(self._stub.ModelInfer, request, pb.ModelInferResponse)
 
     async def ModelStreamInfer(
