@@ -18,12 +18,11 @@ is bounded by the in-flight bytes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -71,7 +70,6 @@ from v2server.shared_memory import (
     read_inputs,
     write_outputs,
 )
-from v2server.signature import Signature
 from v2server.tensors import Tensor
 from v2server.tracing import Tracer, trace_changes
 from v2server.wire import Buffer, InferAnswer
@@ -280,11 +278,20 @@ class DataPlane:
             await _offload(len(raw[0]) // 4, complete_raw_binary, request, signature, raw[0])
         batch_size = signature.check_inputs((t.name, t.datatype, tuple(t.shape)) for t in request.inputs)
         outputs = requested_outputs(request, signature)
-        classes = requested_classes(request, signature)  # Triton's classification extension, usually none
-        priority, timeout_us = schedule_parameters(request)
-        sequence = sequence_control(request)
+        # Triton's classification extension, and the scheduling and sequence parameters: usually none
+        classes = requested_classes(request, signature) if request.outputs else {}
+        priority, timeout_us, sequence = 0, 0, None
+        if request.parameters:
+            priority, timeout_us = schedule_parameters(request)
+            sequence = sequence_control(request)
         sizes = check_contents(request, raw)
-        with self._holding(sizes.nbytes), self._leasing(request, signature, batch_size) as memory:
+        self._hold(sizes.nbytes)
+        try:
+            memory = bind_request(self.shared_memory, request, signature, batch_size)
+        except BaseException:
+            self._inflight_bytes -= sizes.nbytes
+            raise
+        try:  # the bytes are counted and the regions leased until the request ends, however it ends
             in_memory = None if memory is None else await _read_regions(memory, request)
             inputs = await _offload(sizes.steps, decode_inputs, request, raw, in_memory, True)
             del raw  # the tensors hold what they need
@@ -298,34 +305,20 @@ class DataPlane:
                 encode_steps(execution.outputs),
                 encode_response, request, handle.name, handle.version, execution.outputs, written,
             )
-
-    @contextlib.contextmanager
-    def _leasing(
-        self, request: pb.ModelInferRequest, signature: Signature, batch_size: int
-    ) -> Iterator[RequestMemory | None]:
-        """The shared-memory regions ``request`` names, checked and leased while the block runs (None: it names
-        none), so that unregistering one meanwhile never takes memory from under it."""
-        memory = bind_request(self.shared_memory, request, signature, batch_size)
-        try:
-            yield memory
         finally:
-            if memory is not None:
+            if memory is not None:  # leased, so that unregistering a region meanwhile never takes it from under us
                 memory.release()
+            self._inflight_bytes -= sizes.nbytes
 
-    @contextlib.contextmanager
-    def _holding(self, nbytes: int) -> Iterator[None]:
-        """Count ``nbytes`` of input as in flight while the block runs (ended by success, error or
-        cancellation alike); refuse the request when they would pass ``--max-inflight-bytes``."""
+    def _hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` of input as in flight (the caller takes them off when the request ends); refuse
+        the request when they would pass ``--max-inflight-bytes``."""
         if self._inflight_bytes + nbytes > self._max_inflight_bytes:
             raise QueueFull(
                 f"the server is serving {self._inflight_bytes} bytes of inputs; this request's {nbytes} more "
                 f"would pass --max-inflight-bytes ({self._max_inflight_bytes}); retry later"
             )
         self._inflight_bytes += nbytes
-        try:
-            yield
-        finally:
-            self._inflight_bytes -= nbytes
 
     async def ModelStreamInfer(
         self, requests: AsyncIterable[pb.ModelInferRequest]

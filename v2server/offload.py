@@ -27,12 +27,18 @@ from typing import Any, ParamSpec, TypeVar
 
 from v2server.errors import V2Error
 
-__all__ = ["CHUNK_ELEMENTS", "INLINE_BYTES", "run_in_worker", "run_sized"]
+__all__ = ["CHUNK_ELEMENTS", "COPY_DISCOUNT", "INLINE_BYTES", "run_in_worker", "run_sized"]
 
 #: Work on at most this many bytes runs inline. Moving a step to a thread and back costs about 100 us; JSON,
 #: zlib and numpy get through 64 KiB in well under a millisecond, so below this the hop costs more than the
 #: stall it would avoid, and above it the stall grows with the body while the hop stays the same.
 INLINE_BYTES = 64 * 1024
+
+#: Bytes that are only copied (binary tensors: joined, sliced, written) cost about this many times less than bytes
+#: that are parsed or printed (JSON numbers, inflating), so they count as this many times less work: a 1 MiB
+#: binary tensor is a 27 us copy, where sending it to a thread and back cost more (and a GIL hand-off on each
+#: side): ``make bench``, ``identity-1mib`` over REST binary (docs/benchmark.md).
+COPY_DISCOUNT = 64
 
 #: One C call (orjson, numpy list conversion, a type scan) handles at most this many values at a time, so a
 #: worker thread returns to the interpreter, and the loop can take the GIL, every few milliseconds.

@@ -13,9 +13,9 @@ import tornado.web
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server.errors import InvalidRequest, Unsupported
-from v2server.offload import run_sized
+from v2server.offload import COPY_DISCOUNT, run_sized
 from v2server.rest_api.base import V2Handler
-from v2server.rest_api.compression import MAX_INFLATE_RATIO, decode_body, encode_answer
+from v2server.rest_api.compression import MAX_INFLATE_RATIO, decode_body, encode_answer, negotiate_encoding
 from v2server.rest_api.json_codec import (
     HEADER_LENGTH,
     OutputOptions,
@@ -153,16 +153,26 @@ class InferHandler(V2Handler):
         encoding = self.request.headers.get("Content-Encoding")
         header_length = self._header_length()
         compressed = (encoding or "").strip().lower() not in ("", "identity")
-        work = self.body_size * (MAX_INFLATE_RATIO if compressed else 1)
+        if compressed:
+            work = self.body_size * MAX_INFLATE_RATIO
+        elif header_length is not None and 0 <= header_length <= self.body_size:  # JSON, then binary tensors
+            work = header_length + (self.body_size - header_length) // COPY_DISCOUNT
+        else:
+            work = self.body_size
         request, options, raw = await run_sized(
             work, _read_request, name, version or "", self.body_parts, encoding, header_length, self.max_body_size
         )
         response = await self.run_core(self.model_infer(request, raw))
         if response is None:
             return  # the client went away; its work was dropped and there is no one to answer
-        size = sum(map(len, response.raw_output_contents))
+        accept_encoding = self.request.headers.get("Accept-Encoding")
+        copied = COPY_DISCOUNT if negotiate_encoding(accept_encoding) is None else 1  # compressing is no copy
+        work = sum(  # binary outputs are copied, JSON ones printed
+            len(raw) // copied if options.is_binary(output.name) else len(raw)
+            for output, raw in zip(response.outputs, response.raw_output_contents, strict=False)
+        )
         payload, json_length, answer_encoding = await run_sized(
-            size, _write_answer, response, options, self.request.headers.get("Accept-Encoding")
+            work, _write_answer, response, options, accept_encoding
         )
         if json_length is not None:
             self.set_header(HEADER_LENGTH, str(json_length))
