@@ -503,3 +503,41 @@ def test_built_outside_a_running_loop() -> None:
 
     result = asyncio.run(use())
     assert result.outputs[0].array.tolist() == [[1.0, 1.0]]
+
+
+# Queue delays shorter than the loop's timer resolution
+
+
+async def test_a_sub_millisecond_delay_is_one_pass_of_the_loop_not_a_spin(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop counts timers in whole milliseconds: a 500 us wait made of timers re-armed itself on every pass
+    (a spinning core). The batch now waits one pass for requests already read, then runs: no timer at all."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    arm = loop.call_later
+
+    def counted(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if delay < 1:  # not the tests' own 5 s bound
+            timers.append(delay)
+        return arm(delay, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", counted)
+    model = FakeModel()
+    batcher = make(model, preferred_batch_size=[4], max_queue_delay_microseconds=500)
+    await _results(_submit(batcher, 1))
+    assert model.sizes == [1] and timers == []
+    # requests that arrive in the same pass still make one batch
+    await _results(*(_submit(batcher, i) for i in (2, 3)))
+    assert model.sizes[1:] == [2] and timers == []
+
+
+async def test_a_delay_of_milliseconds_still_waits_for_company(make: Make) -> None:
+    model = FakeModel()
+    batcher = make(model, preferred_batch_size=[4], max_queue_delay_microseconds=LONG_DELAY_US)
+    first = _submit(batcher, 1)
+    await asyncio.sleep(0.05)  # well inside the delay: the first request must still be queued
+    assert model.sizes == [] and batcher.queued == 1
+    rest = [_submit(batcher, i) for i in (2, 3, 4)]
+    await _results(first, *rest)
+    assert model.sizes == [4]
