@@ -155,4 +155,5 @@ def test_collapsed_stacks_add_up_self_and_inclusive_samples() -> None:
     assert result.inclusive["walk (d.py:2)"] == 2
     text = result.table(2)
     assert "50.0 %        6  handler (b.py:3)" in text
-    assert "100.0 %       12  main (a.py:1)" in text
+    assert "the 1 on every sample left out, from main (a.py:1) to main (a.py:1)" in text  # the trunk
+    assert "83.3 %       10  loop (a.py:5)" in text and "100.0 %" not in text
