@@ -35,9 +35,9 @@ __all__ = ["CHUNK_ELEMENTS", "COPY_DISCOUNT", "INLINE_BYTES", "run_in_worker", "
 INLINE_BYTES = 64 * 1024
 
 #: Bytes that are only copied (binary tensors: joined, sliced, written) cost about this many times less than bytes
-#: that are parsed or printed (JSON numbers, inflating), so they count as this many times less work: a 1 MiB
-#: binary tensor is a 27 us copy, where sending it to a thread and back cost more (and a GIL hand-off on each
-#: side): ``make bench``, ``identity-1mib`` over REST binary (docs/benchmark.md).
+#: that are parsed or printed (JSON numbers, inflating), so they count as this many times less work: copying a
+#: 1 MiB binary tensor costs less than sending it to a thread and back (with a GIL hand-off each way):
+#: ``make bench``, ``identity-1mib`` over REST binary (docs/benchmark.md).
 COPY_DISCOUNT = 64
 
 #: One C call (orjson, numpy list conversion, a type scan) handles at most this many values at a time, so a

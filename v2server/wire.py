@@ -2,8 +2,8 @@
 
 Parsing a ``ModelInferRequest`` copies every raw input into the message, and reading an entry back copies it
 again; building a ``ModelInferResponse`` copies every raw output into the message and serialising it copies
-them once more. For a 1 MiB tensor those copies cost more CPU than the transport itself (``make bench``,
-``identity-1mib``; docs/benchmark.md). So:
+them once more. For 1 MiB tensors those four copies cost over a third of what gRPC itself does per request
+(``python -m bench.breakdown``: docs/bench/breakdown/; docs/benchmark.md). So:
 
 - ``split_infer_request`` parses a large request's small fields with protobuf and leaves its
   ``raw_input_contents`` (field 7) as views of the received bytes;

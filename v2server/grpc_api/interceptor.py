@@ -1,9 +1,8 @@
 """Our errors -> gRPC status, API keys and the access log, applied once to every RPC.
 
 The public server wraps each method's handler once, at start-up (``service_handlers``): a grpc.aio server
-interceptor would cost every call an extra coroutine and a handler lookup (about 25 us of CPU per call on
-the benchmark's machine, ``make bench``). ``ErrorInterceptor`` does the same for servers whose handlers
-come from elsewhere (a worker's private endpoint)."""
+interceptor would cost every call an extra coroutine and a handler lookup. ``ErrorInterceptor`` does the same
+for servers whose handlers come from elsewhere."""
 
 from __future__ import annotations
 
