@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import itertools
 import json
 import os
@@ -64,7 +63,7 @@ from typing import Any, Self, TypeGuard
 import numpy as np
 import torch
 
-from bench.processes import free_port, peak_rss_bytes, started, tree, wait_http_ok
+from bench.processes import free_port, http_get, peak_rss_bytes, started, tree, wait_http_ok
 
 __all__ = [
     "GPU_MODELS", "Plan", "build_repository", "heavy_mlp", "main", "make_plan", "render_markdown",
@@ -424,16 +423,6 @@ def serve(
         yield Server(process.pid, http_port, grpc_port, metrics_port, log)
 
 
-def _http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def _check(server: Server, payload: bytes) -> None:
     """One request, answered without error, before anything is timed."""
     import grpc
@@ -446,7 +435,7 @@ def _check(server: Server, payload: bytes) -> None:
 
 def _stats(server: Server, model: str) -> dict[str, tuple[int, int]]:
     """The model's cumulative inference statistics: name -> (count, ns)."""
-    status, body = _http_get(server.http_port, f"/v2/models/{model}/stats")
+    status, body = http_get(server.http_port, f"/v2/models/{model}/stats")
     if status != 200:
         return {}
     stats = json.loads(body)["model_stats"][0]["inference_stats"]
@@ -655,7 +644,7 @@ class GpuMemorySampler:
 
 
 def _scrape_gpu_gauges(server: Server) -> dict[str, Any]:
-    status, body = _http_get(server.metrics_port, "/metrics")
+    status, body = http_get(server.metrics_port, "/metrics")
     lines = [line for line in body.decode(errors="replace").splitlines() if line.startswith("nv_gpu_")]
     return {
         "status": status,

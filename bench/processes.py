@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "Pinning", "cpu_seconds", "free_port", "peak_rss_bytes", "pinning", "reset_peak_rss", "rss_bytes", "started",
+    "Pinning", "cpu_seconds", "free_port", "http_get", "peak_rss_bytes", "pinning", "reset_peak_rss", "rss_bytes",
+    "started",
     "tree", "wait_http_ok", "wait_tcp",
 ]
 
@@ -79,6 +80,17 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
     # workers a server forked (MLServer's) may outlive their parent: the group goes too
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    """``GET path`` on 127.0.0.1:``port``: the status and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def wait_http_ok(port: int, paths: Sequence[str], process: subprocess.Popen[bytes], seconds: float) -> None:

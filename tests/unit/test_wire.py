@@ -14,7 +14,7 @@ from v2server.datatypes import DATATYPES
 from v2server.inference import encode_response
 from v2server.signature import Signature
 from v2server.tensors import Tensor
-from v2server.wire import SPLIT_ABOVE_BYTES, InferAnswer, SplitRequest, split_infer_request
+from v2server.wire import SPLIT_ABOVE_BYTES, InferAnswer, SplitRequest, _encode_varint, split_infer_request
 
 
 def _large_request() -> pb.ModelInferRequest:
@@ -47,7 +47,7 @@ def test_fields_in_any_order_and_small_requests_parse_as_protobuf_does() -> None
     request.ClearField("raw_input_contents")
     head = request.SerializeToString()
     tag = b"\x3a"  # field 7, length-delimited
-    entries = [tag + _varint(len(entry)) + entry for entry in raw]
+    entries = [tag + _encode_varint(len(entry)) + entry for entry in raw]
     data = entries[0] + head + entries[1]  # a raw entry before the other fields, one after
     split = split_infer_request(data)
     assert isinstance(split, SplitRequest)
@@ -111,11 +111,3 @@ def test_an_output_that_is_the_models_own_state_is_copied_not_viewed() -> None:
     finally:
         instance.close()
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
