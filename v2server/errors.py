@@ -45,6 +45,7 @@ __all__ = [
     "Unauthenticated",
     "Unsupported",
     "V2Error",
+    "error_for",
     "http_status",
 ]
 
@@ -145,6 +146,15 @@ _HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
 }
+
+
+def error_for(code: grpc.StatusCode, message: str) -> V2Error:
+    """An error of ours with ``code``'s meaning (the first class above that carries it; V2Error, INTERNAL, for
+    none), for relaying what another process of this server answered."""
+    for kind in V2Error.__subclasses__():
+        if kind.grpc_code == code:
+            return kind(message)
+    return V2Error(message)
 
 
 def http_status(code: grpc.StatusCode) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from v2server._proto import grpc_service_pb2 as pb
 
-__all__ = ["SPLIT_ABOVE_BYTES", "Buffer", "InferAnswer", "SplitRequest", "serialize_answer", "split_infer_request"]
+__all__ = ["SPLIT_ABOVE_BYTES", "SPLIT_MAX_FIELDS", "Buffer", "InferAnswer", "SplitRequest", "serialize_answer", "split_infer_request"]
 
 #: a raw tensor's bytes: ``bytes``, or a byte-format ``memoryview`` (``len`` is the size in bytes)
 Buffer = bytes | memoryview
@@ -30,6 +30,10 @@ Buffer = bytes | memoryview
 #: Requests smaller than this are parsed whole: their raw entries are too small for copies to matter, and
 #: protobuf's own parser is faster than walking the fields here.
 SPLIT_ABOVE_BYTES = 64 * 1024
+#: The fields are walked in Python, on the event loop: a request with more top-level fields than this (a real
+#: one has a few per input) is left to protobuf's parser, so that a body of millions of tiny fields costs what
+#: it always did, not a Python step each.
+SPLIT_MAX_FIELDS = 256
 
 _RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 _RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, length-delimited
@@ -70,8 +74,11 @@ def split_infer_request(data: bytes) -> pb.ModelInferRequest | SplitRequest:
 def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
     """Each top-level field of a message: its number, where its tag starts, where its value starts (after a
     length prefix) and where it ends. Raises ``ValueError`` on anything malformed or unusual (groups)."""
-    position, size = 0, len(view)
+    position, size, count = 0, len(view), 0
     while position < size:
+        count += 1
+        if count > SPLIT_MAX_FIELDS:
+            raise ValueError("too many fields to walk")
         start = position
         key, position = _varint(view, position)
         field, wire_type = key >> 3, key & 7

@@ -57,6 +57,14 @@ def test_error_class_codes(cls: type[errors.V2Error], code: grpc.StatusCode, sta
 
 
 def test_every_exported_error_is_in_the_tree() -> None:
-    classes = [getattr(errors, name) for name in errors.__all__ if name != "http_status"]
+    classes = [getattr(errors, name) for name in errors.__all__ if name not in ("http_status", "error_for")]
     assert all(issubclass(cls, errors.V2Error) for cls in classes)
     assert len(classes) == 16  # NotWritable (jobs/aliases), StoreUnavailable (results)
+
+
+def test_a_relayed_status_keeps_its_code_and_message() -> None:
+    """What another worker answered is answered again with the same status, whichever class carries it."""
+    for kind in errors.V2Error.__subclasses__():
+        relayed = errors.error_for(kind.grpc_code, "worker 1 said no")
+        assert relayed.grpc_code == kind.grpc_code and relayed.message == "worker 1 said no"
+    assert errors.error_for(grpc.StatusCode.UNKNOWN, "?").grpc_code == grpc.StatusCode.INTERNAL

@@ -14,7 +14,7 @@ from v2server.datatypes import DATATYPES
 from v2server.inference import encode_response
 from v2server.signature import Signature
 from v2server.tensors import Tensor
-from v2server.wire import SPLIT_ABOVE_BYTES, InferAnswer, SplitRequest, _encode_varint, split_infer_request
+from v2server.wire import SPLIT_ABOVE_BYTES, SPLIT_MAX_FIELDS, InferAnswer, SplitRequest, _encode_varint, split_infer_request
 
 
 def _large_request() -> pb.ModelInferRequest:
@@ -54,6 +54,16 @@ def test_fields_in_any_order_and_small_requests_parse_as_protobuf_does() -> None
     assert [bytes(entry) for entry in split.raw] == raw and split.message.id == "r1"
     small = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\0" * 8]).SerializeToString()
     assert split_infer_request(small) == pb.ModelInferRequest.FromString(small)
+
+
+def test_a_request_of_many_tiny_fields_is_left_to_protobuf() -> None:
+    """The walk is Python on the event loop: past SPLIT_MAX_FIELDS fields protobuf's C parser takes over."""
+    request = _large_request()
+    for index in range(SPLIT_MAX_FIELDS):
+        request.parameters[f"p{index}"].bool_param = True  # each map entry is a top-level field
+    data = request.SerializeToString()
+    parsed = split_infer_request(data)
+    assert isinstance(parsed, pb.ModelInferRequest) and parsed == request
 
 
 @pytest.mark.parametrize("damage", ["truncate", "group", "varint"])

@@ -25,17 +25,7 @@ from google.protobuf.message import Message
 
 from v2server._proto import grpc_service_pb2 as pb
 from v2server._proto import grpc_service_pb2_grpc as pb_grpc
-from v2server.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    InvalidRequest,
-    NotFound,
-    NotWritable,
-    PayloadTooLarge,
-    ServerNotReady,
-    Unsupported,
-    V2Error,
-)
+from v2server.errors import V2Error, error_for
 from v2server.workers.identity import WorkerIdentity
 from v2server.workers.journal import JOURNALED, Journal
 from v2server.workers.merge import sum_statistics
@@ -56,19 +46,6 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_recei
 PRIVATE_SERVICE = "v2server.worker.Private"
 
 _LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("v2server_worker_local_only", default=False)
-
-#: a peer's status code -> the error we answer with (the message names the peer)
-_ERRORS: dict[grpc.StatusCode, type[V2Error]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.UNAVAILABLE: ServerNotReady,
-    grpc.StatusCode.UNIMPLEMENTED: Unsupported,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: PayloadTooLarge,
-    grpc.StatusCode.FAILED_PRECONDITION: NotWritable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-}
-
 
 @contextlib.contextmanager
 def local_only() -> Iterator[None]:
@@ -184,6 +161,5 @@ class Peers:
 
 def _error(peer: int, exc: grpc.aio.AioRpcError) -> V2Error:
     """A peer's refusal as our error (same status), saying which worker refused and that the others changed."""
-    kind = _ERRORS.get(exc.code(), V2Error)
-    return kind(f"worker {peer} refused what the other workers did: {exc.details()}")
+    return error_for(exc.code(), f"worker {peer} refused what the other workers did: {exc.details()}")
 
